@@ -1,0 +1,102 @@
+/* ledger.h: the metering ledger (SQLite, WAL). One writer thread group-commits reserve and
+ * settle operations; callers get an acknowledgement callback once their row is durable.
+ * Readers (the bill) open the file on their own connection. It never computes prices. */
+#ifndef TOLLGATE_LEDGER_H
+#define TOLLGATE_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "tollgate/limits.h"
+#include "tollgate/status.h"
+
+enum tg_usage_source {
+    TG_USAGE_UNKNOWN = 0,   /* no usage from the provider and nothing to estimate from */
+    TG_USAGE_REPORTED,      /* the provider's own counts */
+    TG_USAGE_ESTIMATED,     /* tollgate's estimate (provider sent none) */
+};
+
+enum tg_row_status {
+    TG_ROW_RESERVED = 0,    /* written before the request leaves for the upstream */
+    TG_ROW_BILLED,          /* upstream answered; tokens and cost final */
+    TG_ROW_FAILED,          /* the attempt failed (cost may still be non-zero mid-stream) */
+    TG_ROW_REJECTED,        /* refused by the router before any upstream attempt */
+    TG_ROW_INTERRUPTED,     /* left reserved by a crash, swept at start-up */
+};
+
+/* One attempt of one request. Plain data: the ledger copies it, the caller keeps its own.
+ * Strings are NUL-terminated; an empty string is stored as NULL. Token counts and costs of
+ * -1 are stored as NULL (unknown). */
+struct tg_ledger_entry {
+    char request_id[TG_ID_MAX];
+    int attempt;                          /* 1-based */
+    char key_id[TG_ID_MAX];               /* tollgate key public id; "" when auth is off */
+    char provider[TG_NAME_MAX];
+    char model_requested[TG_MODEL_MAX];   /* what the client sent, suffix included */
+    char model_canonical[TG_MODEL_MAX];   /* catalog id, "" when native */
+    char model_upstream[TG_MODEL_MAX];    /* the provider's own id */
+    char upstream_request_id[TG_ID_MAX];
+    int64_t prompt_tokens;                /* -1 = unknown */
+    int64_t completion_tokens;            /* -1 = unknown */
+    int64_t cached_tokens;                /* -1 = unknown */
+    enum tg_usage_source usage_source;
+    char price_version[TG_NAME_MAX];
+    int64_t cost_nano;                    /* -1 = unknown price: NULL, never 0 */
+    int64_t reserved_nano;                /* worst-case hold at reserve; -1 = none */
+    enum tg_row_status status;
+    int http_status;                      /* status sent to the client; 0 = none yet */
+    char error_type[TG_NAME_MAX];         /* OpenAI error type or fault class; "" if none */
+    int64_t ttfb_us;                      /* upstream first byte, -1 = none */
+    int64_t duration_us;                  /* -1 = not finished */
+    int64_t queue_us;                     /* time waiting for admission, -1 = n/a */
+    bool streamed;
+    bool client_disconnected;
+    int64_t created_ms;                   /* unix ms when the request arrived */
+};
+
+/* Fill e with "unknown" values (-1s, empty strings, status RESERVED, attempt 1). */
+void tg_ledger_entry_init(struct tg_ledger_entry *e);
+
+/* Called on the writer thread after the operation's transaction committed (st == TG_OK,
+ * row_id set) or failed (st < 0, row_id 0). Must not block and must not call back into
+ * the ledger synchronously... it may enqueue further ledger operations. */
+typedef void (*tg_ledger_ack_cb)(void *ud, int st, int64_t row_id);
+
+struct tg_ledger;
+
+struct tg_ledger_options {
+    bool synchronous_full;   /* PRAGMA synchronous=FULL (power-loss safe) instead of NORMAL */
+    unsigned max_batch;      /* operations per transaction; 0 = default (512) */
+};
+
+/* Open or create the ledger at path (schema created/migrated, WAL on), sweep rows left
+ * RESERVED by a crash into INTERRUPTED, start the writer thread. Returns new (free with
+ * tg_ledger_close) or NULL with a message in err. opts may be NULL. */
+struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_options *opts,
+                                 char *err, size_t errlen);
+
+/* Drain every queued operation, commit, stop the writer thread and close. NULL is ok. */
+void tg_ledger_close(struct tg_ledger *lg);
+
+/* Queue an insert of e (any status). cb (may be NULL) runs once it is durable, with the
+ * new row id. Thread-safe. Returns TG_OK, TG_ERR_LIMIT (queue full) or TG_ERR_STATE
+ * (closing); on error cb is not called. */
+int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
+                     tg_ledger_ack_cb cb, void *ud) TG_WUR;
+
+/* Queue an update of row row_id to the final values in e (status, tokens, cost, ...).
+ * Same contract as tg_ledger_insert. */
+int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
+                     tg_ledger_ack_cb cb, void *ud) TG_WUR;
+
+/* Block until everything queued so far is committed (tests, shutdown). */
+void tg_ledger_flush(struct tg_ledger *lg);
+
+/* Rows swept to INTERRUPTED by the last open. */
+int64_t tg_ledger_interrupted_at_open(const struct tg_ledger *lg);
+
+/* Static names used in the database ("reported", "billed", ...). */
+const char *tg_usage_source_name(enum tg_usage_source s);
+const char *tg_row_status_name(enum tg_row_status s);
+
+#endif
