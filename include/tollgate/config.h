@@ -1,0 +1,60 @@
+/* config.h: the gateway configuration (config/tollgate.json), parsed and validated once at
+ * start-up into plain structs. Environment references "${VAR}" are expanded here; nothing
+ * here ever logs an API key. */
+#ifndef TOLLGATE_CONFIG_H
+#define TOLLGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "tollgate/limits.h"
+#include "tollgate/status.h"
+
+struct tg_provider;   /* provider.h */
+
+/* One configured upstream. name is the config key ("groq"); impl the adapter it uses. */
+struct tg_provider_conf {
+    char name[TG_NAME_MAX];
+    const struct tg_provider *impl;   /* static adapter descriptor (borrowed, never freed) */
+    char *base_url;                   /* owned, no trailing slash */
+    char *api_key;                    /* owned, "" when unset: provider is not usable */
+    char key_env[TG_NAME_MAX];        /* the variable the key came from, for messages */
+    long connect_timeout_ms;
+    long timeout_ms;                  /* whole non-streaming request */
+    long stream_timeout_ms;           /* whole streaming request */
+    bool usable;                      /* has a key (or needs none) */
+};
+
+struct tg_config {
+    char *listen_host;                /* owned */
+    unsigned short listen_port;       /* 0 = pick a free one */
+    size_t max_body_bytes;
+    unsigned threads;                 /* HTTP worker threads; 0 = one per core */
+    char *catalog_path;               /* owned, resolved against the config file's dir */
+    char *ledger_path;                /* owned */
+    bool ledger_sync_full;
+    char *log_level;                  /* owned */
+    size_t n_providers;
+    struct tg_provider_conf providers[TG_MAX_PROVIDERS];
+    size_t n_default_order;
+    const struct tg_provider_conf *default_order[TG_MAX_PROVIDERS];  /* borrowed from providers[] */
+};
+
+/* Parse JSON text (path is used to resolve relative paths and in messages; may be NULL).
+ * On error returns TG_ERR_PARSE with a message naming the field in err. cfg is
+ * initialized either way; release it with tg_config_cleanup. */
+int tg_config_parse(struct tg_config *cfg, const char *json_text, const char *path,
+                    char *err, size_t errlen) TG_WUR;
+
+/* Read the file and parse it. */
+int tg_config_load(struct tg_config *cfg, const char *path, char *err, size_t errlen) TG_WUR;
+
+void tg_config_cleanup(struct tg_config *cfg);
+
+/* Borrowed pointer to the provider named name (or one of its adapter's aliases), or NULL. */
+const struct tg_provider_conf *tg_config_provider(const struct tg_config *cfg, const char *name);
+
+/* Expand "${VAR}" references in s. Returns new string; *missing is set to the first
+ * undefined variable's name (copied into missing, cap missing_len) or "" if none. */
+char *tg_config_expand_env(const char *s, char *missing, size_t missing_len);
+
+#endif

@@ -1,0 +1,139 @@
+/* provider.h: the adapter contract. A provider is a static const descriptor plus a static
+ * const hook table. Hooks only translate bytes and classify failures; the core owns all
+ * I/O, retries and the ledger. providers/openai_compat.c implements every hook once; the
+ * per-provider files override only where their API differs. */
+#ifndef TOLLGATE_PROVIDER_H
+#define TOLLGATE_PROVIDER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include "tollgate/limits.h"
+#include "tollgate/status.h"
+
+struct tg_provider_conf;   /* config.h */
+
+enum tg_provider_flag {
+    TG_PROV_STREAM = 1u << 0,        /* supports "stream": true */
+    TG_PROV_STREAM_USAGE = 1u << 1,  /* accepts stream_options.include_usage */
+    TG_PROV_VISION = 1u << 2,        /* some models take image parts */
+    TG_PROV_LOCAL = 1u << 3,         /* runs on this host */
+    TG_PROV_NEEDS_KEY = 1u << 4,     /* unusable without an API key */
+};
+
+/* Why an upstream attempt failed; drives retries and the breaker. */
+enum tg_fault {
+    TG_FAULT_NONE = 0,
+    TG_FAULT_CONNECT,        /* could not connect / DNS / TLS */
+    TG_FAULT_TIMEOUT,        /* connect, first byte, idle or total timeout */
+    TG_FAULT_RATE_LIMITED,   /* 429 or provider capacity (Groq 498) */
+    TG_FAULT_UPSTREAM_5XX,   /* 5xx from the provider */
+    TG_FAULT_BAD_RESPONSE,   /* malformed body, truncated stream, mid-stream error */
+    TG_FAULT_CALLER,         /* 4xx caused by the request itself: never retried */
+    TG_FAULT_AUTH,           /* the provider rejected OUR key (401/403) */
+    TG_FAULT_CLIENT_GONE,    /* the client disconnected */
+};
+
+/* Token usage as the provider reported it. */
+struct tg_usage {
+    bool present;
+    int64_t prompt_tokens;
+    int64_t completion_tokens;
+    int64_t cached_tokens;     /* -1 = not reported */
+};
+
+/* What the core and the adapter share while one streaming attempt is translated. The
+ * adapter reads want_usage/model_out/id and writes usage, flags and error. */
+struct tg_stream_state {
+    /* set by the core before the first event */
+    const char *model_out;          /* model name clients see (borrowed) */
+    char id[TG_ID_MAX];             /* response id, from the first chunk if it has one */
+    int64_t created;                /* from the first chunk, else arrival time */
+    bool want_usage;                /* client asked stream_options.include_usage */
+    /* written by the adapter */
+    struct tg_usage usage;          /* latest usage seen, wherever the provider put it */
+    char upstream_id[TG_ID_MAX];    /* provider's request id if the stream names one */
+    bool sent_role;                 /* a forwarded chunk already carried delta.role */
+    bool saw_finish;                /* some choice had a finish_reason */
+    bool saw_done;                  /* "data: [DONE]" */
+    int64_t content_chars;          /* forwarded content/reasoning characters (estimate) */
+    json_t *error;                  /* new OpenAI error object if the stream carried one */
+};
+
+/* Metadata the core keeps from upstream response headers. */
+struct tg_upstream_meta {
+    char request_id[TG_ID_MAX];     /* x-request-id or similar */
+    long retry_after_s;             /* -1 = none */
+    size_t n_pass;                  /* headers passed back to the client on 429 */
+    char pass_name[TG_MAX_PASSTHROUGH_HEADERS][64];
+    char pass_value[TG_MAX_PASSTHROUGH_HEADERS][128];
+};
+
+struct tg_provider_ops {
+    /* Rewrite the outgoing body in place (model already set to the provider's id,
+     * tollgate's own fields removed, include_usage set for streams). */
+    int (*prepare_body)(const struct tg_provider_conf *pc, json_t *body, bool stream);
+    /* Turn a 2xx non-streaming body into a spec-valid chat.completion in place of *resp
+     * (may replace it: the old value is released); fill usage and upstream id. */
+    int (*parse_response)(const struct tg_provider_conf *pc, json_t **resp,
+                          const char *model_out, struct tg_usage *usage,
+                          char *upstream_id, size_t idlen);
+    /* Translate one SSE data payload (parsed) in place. TG_OK: forward *chunk (it may have
+     * been replaced), TG_DONE: drop it (e.g. a usage-only chunk), TG_ERR_PARSE: the stream
+     * is broken. Usage, finish and error are recorded in st. */
+    int (*translate_chunk)(const struct tg_provider_conf *pc, json_t **chunk,
+                           struct tg_stream_state *st);
+    /* Pull usage out of a chunk or response wherever this provider puts it. */
+    bool (*extract_usage)(const json_t *obj, struct tg_usage *usage);
+    /* Build the OpenAI error object for a non-2xx answer. Returns new. */
+    json_t *(*normalize_error)(const struct tg_provider_conf *pc, long http_status,
+                               const char *body, size_t len);
+    /* Classify a non-2xx answer. */
+    enum tg_fault (*classify_status)(const struct tg_provider_conf *pc, long http_status,
+                                     const json_t *error_body);
+    /* See one response header (name lower-case); keep what matters in meta. */
+    void (*on_header)(const struct tg_provider_conf *pc, const char *name, const char *value,
+                      struct tg_upstream_meta *meta);
+};
+
+struct tg_provider {
+    const char *name;                 /* adapter name: "groq" */
+    const char *const *aliases;       /* NULL-terminated other spellings ("fireworks-ai") */
+    const char *default_base_url;
+    const char *key_env;              /* conventional env variable for the key */
+    unsigned flags;                   /* enum tg_provider_flag */
+    const struct tg_provider_ops *ops;
+};
+
+/* Registry of built-in adapters. Borrowed static descriptors. */
+const struct tg_provider *tg_provider_find(const char *name);
+size_t tg_provider_count(void);
+const struct tg_provider *tg_provider_at(size_t i);
+
+/* The OpenAI-compatible base hooks, for adapters to reuse or wrap. */
+extern const struct tg_provider_ops tg_openai_compat_ops;
+int tg_oa_prepare_body(const struct tg_provider_conf *pc, json_t *body, bool stream);
+int tg_oa_parse_response(const struct tg_provider_conf *pc, json_t **resp, const char *model_out,
+                         struct tg_usage *usage, char *upstream_id, size_t idlen);
+int tg_oa_translate_chunk(const struct tg_provider_conf *pc, json_t **chunk,
+                          struct tg_stream_state *st);
+bool tg_oa_extract_usage(const json_t *obj, struct tg_usage *usage);
+json_t *tg_oa_normalize_error(const struct tg_provider_conf *pc, long http_status,
+                              const char *body, size_t len);
+enum tg_fault tg_oa_classify_status(const struct tg_provider_conf *pc, long http_status,
+                                    const json_t *error_body);
+void tg_oa_on_header(const struct tg_provider_conf *pc, const char *name, const char *value,
+                     struct tg_upstream_meta *meta);
+
+/* Map a provider finish_reason onto OpenAI's enum; returns a static string or NULL
+ * (for JSON null). */
+const char *tg_finish_reason_map(const char *upstream);
+
+/* Static name of a fault class ("connect", "timeout", ...). */
+const char *tg_fault_name(enum tg_fault f);
+
+void tg_stream_state_init(struct tg_stream_state *st, const char *model_out, bool want_usage);
+void tg_stream_state_cleanup(struct tg_stream_state *st);
+
+#endif

@@ -1,0 +1,386 @@
+/* openai_compat.c: the OpenAI-compatible adapter every provider builds on. It turns whatever
+ * an upstream sends into spec-valid OpenAI objects (required fields filled, enums mapped,
+ * provider extras dropped) and finds usage wherever the chunk carries it. No I/O here. */
+#include "tollgate/provider.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "tollgate/config.h"
+#include "tollgate/error.h"
+
+static const char *const finish_ok[] = {"stop", "length", "tool_calls", "content_filter",
+                                        "function_call"};
+
+const char *tg_finish_reason_map(const char *up)
+{
+    if (!up)
+        return NULL;
+    for (size_t i = 0; i < sizeof finish_ok / sizeof finish_ok[0]; i++)
+        if (strcmp(up, finish_ok[i]) == 0)
+            return finish_ok[i];
+    /* Together's "eos" and any other end-of-sequence spelling is a natural stop. */
+    if (strcmp(up, "eos") == 0 || strcmp(up, "stop_sequence") == 0 || strcmp(up, "end_turn") == 0)
+        return "stop";
+    if (strcmp(up, "max_tokens") == 0 || strcmp(up, "model_length") == 0)
+        return "length";
+    if (strcmp(up, "tool_call") == 0)
+        return "tool_calls";
+    return "stop";
+}
+
+const char *tg_fault_name(enum tg_fault f)
+{
+    static const char *const names[] = {"none", "connect", "timeout", "rate_limited",
+                                        "upstream_5xx", "bad_response", "caller", "auth",
+                                        "client_gone"};
+    return (unsigned)f < sizeof names / sizeof names[0] ? names[f] : "unknown";
+}
+
+void tg_stream_state_init(struct tg_stream_state *st, const char *model_out, bool want_usage)
+{
+    memset(st, 0, sizeof *st);
+    st->model_out = model_out;
+    st->want_usage = want_usage;
+    st->usage.cached_tokens = -1;
+}
+
+void tg_stream_state_cleanup(struct tg_stream_state *st)
+{
+    json_decref(st->error);
+    st->error = NULL;
+}
+
+static bool nonneg_int(const json_t *v, int64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return false;
+    *out = json_integer_value(v);
+    return true;
+}
+
+bool tg_oa_extract_usage(const json_t *obj, struct tg_usage *u)
+{
+    const json_t *us = json_object_get(obj, "usage");
+    int64_t p = 0, c = 0, cached;
+    bool hp, hc;
+    if (!json_is_object(us))
+        return false;
+    hp = nonneg_int(json_object_get(us, "prompt_tokens"), &p);
+    hc = nonneg_int(json_object_get(us, "completion_tokens"), &c);
+    if (!hp && !hc)
+        return false;
+    u->present = true;
+    u->prompt_tokens = p;
+    u->completion_tokens = c;
+    u->cached_tokens = -1;
+    if (nonneg_int(json_object_get(json_object_get(us, "prompt_tokens_details"), "cached_tokens"),
+                   &cached))
+        u->cached_tokens = cached;
+    return true;
+}
+
+/* The OpenAI usage object for u. Returns new. */
+static json_t *usage_json(const struct tg_usage *u)
+{
+    json_t *o = json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)u->prompt_tokens,
+                          "completion_tokens", (json_int_t)u->completion_tokens, "total_tokens",
+                          (json_int_t)(u->prompt_tokens + u->completion_tokens));
+    if (o && u->cached_tokens >= 0)
+        json_object_set_new(o, "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens", (json_int_t)u->cached_tokens));
+    return o;
+}
+
+/* Copy key from src to dst when it has one of the allowed JSON types. */
+static void copy_if(json_t *dst, const json_t *src, const char *key, int type_mask)
+{
+    json_t *v = json_object_get(src, key);
+    if (!v)
+        return;
+    int t = 1 << json_typeof(v);
+    if (t & type_mask)
+        json_object_set(dst, key, v);
+}
+#define T_STR (1 << JSON_STRING)
+#define T_OBJ (1 << JSON_OBJECT)
+#define T_ARR (1 << JSON_ARRAY)
+#define T_NULL (1 << JSON_NULL)
+
+static json_t *logprobs_value(const json_t *choice)
+{
+    json_t *lp = json_object_get(choice, "logprobs");
+    /* OpenAI: an object or null. Together sends a number: not representable, drop it. */
+    return json_is_object(lp) ? json_incref(lp) : json_null();
+}
+
+static char *gen_id(char *buf, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[12] = {0};
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        memset(rnd, 0, sizeof rnd);   /* an id, not a secret: uniqueness is best effort */
+    char tail[2 * sizeof rnd + 1];
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        tail[2 * i] = hex[rnd[i] >> 4];
+        tail[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    tail[2 * sizeof rnd] = '\0';
+    snprintf(buf, len, "chatcmpl-tg%s", tail);
+    return buf;
+}
+
+static json_t *norm_message(const json_t *m)
+{
+    json_t *out = json_object();
+    json_t *content = json_object_get(m, "content");
+    json_t *refusal = json_object_get(m, "refusal");
+    json_t *tc = json_object_get(m, "tool_calls");
+    json_object_set_new(out, "role", json_string("assistant"));
+    json_object_set_new(out, "content",
+                        json_is_string(content) ? json_incref(content) : json_null());
+    json_object_set_new(out, "refusal",
+                        json_is_string(refusal) ? json_incref(refusal) : json_null());
+    if (json_is_array(tc) && json_array_size(tc) > 0)
+        json_object_set(out, "tool_calls", tc);
+    copy_if(out, m, "function_call", T_OBJ);
+    copy_if(out, m, "reasoning", T_STR);
+    copy_if(out, m, "reasoning_content", T_STR);
+    copy_if(out, m, "annotations", T_ARR);
+    return out;
+}
+
+int tg_oa_parse_response(const struct tg_provider_conf *pc, json_t **resp, const char *model_out,
+                         struct tg_usage *usage, char *upstream_id, size_t idlen)
+{
+    json_t *in = *resp, *out = NULL, *choices = NULL;
+    char idbuf[TG_ID_MAX];
+    if (!json_is_object(in))
+        return TG_ERR_PARSE;
+    json_t *inchoices = json_object_get(in, "choices");
+    if (!json_is_array(inchoices))
+        return TG_ERR_PARSE;
+
+    const char *id = json_string_value(json_object_get(in, "id"));
+    if (id && upstream_id && !upstream_id[0])
+        snprintf(upstream_id, idlen, "%s", id);
+    json_t *created = json_object_get(in, "created");
+
+    out = json_object();
+    choices = json_array();
+    if (!out || !choices)
+        goto nomem;
+    json_object_set_new(out, "id", json_string(id && *id ? id : gen_id(idbuf, sizeof idbuf)));
+    json_object_set_new(out, "object", json_string("chat.completion"));
+    json_object_set_new(out, "created", json_integer(json_is_integer(created)
+                                                         ? json_integer_value(created)
+                                                         : (json_int_t)time(NULL)));
+    json_object_set_new(out, "model", json_string(model_out));
+    size_t i;
+    json_t *ch;
+    json_array_foreach(inchoices, i, ch) {
+        json_t *idx = json_object_get(ch, "index");
+        const char *fr = tg_finish_reason_map(json_string_value(json_object_get(ch, "finish_reason")));
+        json_t *c = json_pack("{s:I, s:o, s:s, s:o}", "index",
+                              (json_int_t)(json_is_integer(idx) ? json_integer_value(idx) : (json_int_t)i),
+                              "message", norm_message(json_object_get(ch, "message")),
+                              "finish_reason", fr ? fr : "stop", "logprobs", logprobs_value(ch));
+        if (!c || json_array_append_new(choices, c))
+            goto nomem;
+    }
+    json_object_set_new(out, "choices", choices);
+    choices = NULL;
+    if (pc->impl->ops->extract_usage(in, usage))
+        json_object_set_new(out, "usage", usage_json(usage));
+    copy_if(out, in, "system_fingerprint", T_STR);
+    json_decref(in);
+    *resp = out;
+    return TG_OK;
+nomem:
+    json_decref(out);
+    json_decref(choices);
+    return TG_ERR_NOMEM;
+}
+
+/* A spec-valid delta from an upstream choice. Together streams "text" beside delta. */
+static json_t *norm_delta(const json_t *ch, struct tg_stream_state *st)
+{
+    const json_t *d = json_object_get(ch, "delta");
+    json_t *out = json_object();
+    const json_t *role = json_object_get(d, "role");
+    if (json_is_string(role)) {
+        json_object_set_new(out, "role", json_string("assistant"));
+        st->sent_role = true;
+    }
+    json_t *content = json_object_get(d, "content");
+    if (!content && !d)
+        content = json_object_get(ch, "text");
+    if (json_is_string(content)) {
+        json_object_set(out, "content", content);
+        st->content_chars += (int64_t)json_string_length(content);
+    } else if (json_is_null(content)) {
+        json_object_set_new(out, "content", json_null());
+    }
+    copy_if(out, d, "refusal", T_STR | T_NULL);
+    copy_if(out, d, "tool_calls", T_ARR);
+    copy_if(out, d, "function_call", T_OBJ);
+    const char *reasoning_keys[] = {"reasoning", "reasoning_content"};
+    for (size_t k = 0; k < 2; k++) {
+        json_t *r = json_object_get(d, reasoning_keys[k]);
+        if (json_is_string(r)) {
+            json_object_set(out, reasoning_keys[k], r);
+            st->content_chars += (int64_t)json_string_length(r);
+        }
+    }
+    json_t *tcs = json_object_get(d, "tool_calls");
+    size_t i;
+    json_t *tc;
+    json_array_foreach(tcs, i, tc) {
+        const char *args = json_string_value(json_object_get(json_object_get(tc, "function"), "arguments"));
+        if (args)
+            st->content_chars += (int64_t)strlen(args);
+    }
+    return out;
+}
+
+int tg_oa_translate_chunk(const struct tg_provider_conf *pc, json_t **chunk,
+                          struct tg_stream_state *st)
+{
+    json_t *in = *chunk;
+    if (!json_is_object(in))
+        return TG_ERR_PARSE;
+    json_t *err = json_object_get(in, "error");
+    if (err && !json_is_null(err)) {
+        json_decref(st->error);
+        st->error = tg_error_normalize(in, 502, "the provider reported an error mid-stream");
+        return TG_DONE;
+    }
+    struct tg_usage u;
+    if (pc->impl->ops->extract_usage(in, &u))
+        st->usage = u;
+    const char *id = json_string_value(json_object_get(in, "id"));
+    if (!st->id[0]) {
+        char idbuf[TG_ID_MAX];
+        snprintf(st->id, sizeof st->id, "%s", id && *id ? id : gen_id(idbuf, sizeof idbuf));
+        json_t *created = json_object_get(in, "created");
+        st->created = json_is_integer(created) ? json_integer_value(created) : (int64_t)time(NULL);
+    }
+    if (id && !st->upstream_id[0])
+        snprintf(st->upstream_id, sizeof st->upstream_id, "%s", id);
+
+    json_t *inchoices = json_object_get(in, "choices");
+    if (!json_is_array(inchoices) || json_array_size(inchoices) == 0)
+        return TG_DONE;   /* a usage-only chunk: the core sends its own at the end */
+
+    json_t *out = json_pack("{s:s, s:s, s:I, s:s}", "id", st->id, "object",
+                            "chat.completion.chunk", "created", (json_int_t)st->created,
+                            "model", st->model_out);
+    json_t *choices = json_array();
+    if (!out || !choices) {
+        json_decref(out);
+        json_decref(choices);
+        return TG_ERR_NOMEM;
+    }
+    copy_if(out, in, "system_fingerprint", T_STR);
+    size_t i;
+    json_t *ch;
+    json_array_foreach(inchoices, i, ch) {
+        json_t *idx = json_object_get(ch, "index");
+        const char *fr = tg_finish_reason_map(json_string_value(json_object_get(ch, "finish_reason")));
+        if (fr)
+            st->saw_finish = true;
+        json_t *delta = norm_delta(ch, st);
+        if (!st->sent_role && i == 0) {
+            /* the first chunk says who speaks, as OpenAI's does */
+            json_object_set_new(delta, "role", json_string("assistant"));
+            st->sent_role = true;
+        }
+        json_t *c = json_pack("{s:I, s:o, s:o, s:o}", "index",
+                              (json_int_t)(json_is_integer(idx) ? json_integer_value(idx) : (json_int_t)i),
+                              "delta", delta, "finish_reason", fr ? json_string(fr) : json_null(),
+                              "logprobs", logprobs_value(ch));
+        if (!c || json_array_append_new(choices, c)) {
+            json_decref(out);
+            json_decref(choices);
+            return TG_ERR_NOMEM;
+        }
+    }
+    json_object_set_new(out, "choices", choices);
+    json_decref(in);
+    *chunk = out;
+    return TG_OK;
+}
+
+json_t *tg_oa_normalize_error(const struct tg_provider_conf *pc, long status, const char *body,
+                              size_t len)
+{
+    char fallback[160];
+    snprintf(fallback, sizeof fallback, "%s answered HTTP %ld", pc->name, status);
+    json_t *up = body && len ? json_loadb(body, len, 0, NULL) : NULL;
+    json_t *out = tg_error_normalize(up, (int)status, fallback);
+    json_decref(up);
+    return out;
+}
+
+enum tg_fault tg_oa_classify_status(const struct tg_provider_conf *pc, long status,
+                                    const json_t *error_body)
+{
+    if (status == 401 || status == 403)
+        return TG_FAULT_AUTH;          /* our provider key was refused */
+    if (status == 402 || status == 412)
+        return TG_FAULT_AUTH;          /* our provider account is out of credit / suspended */
+    if (status == 408)
+        return TG_FAULT_TIMEOUT;
+    if (status == 429)
+        return TG_FAULT_RATE_LIMITED;
+    if (status >= 500)
+        return TG_FAULT_UPSTREAM_5XX;
+    if (status >= 400)
+        return TG_FAULT_CALLER;
+    return TG_FAULT_BAD_RESPONSE;
+}
+
+static bool passthrough_name(const char *name)
+{
+    return strcmp(name, "retry-after") == 0 || strncmp(name, "x-ratelimit-", 12) == 0 ||
+           strncmp(name, "x-tokenlimit-", 13) == 0;
+}
+
+void tg_oa_on_header(const struct tg_provider_conf *pc, const char *name, const char *value,
+                     struct tg_upstream_meta *meta)
+{
+    if (strcmp(name, "x-request-id") == 0 && !meta->request_id[0])
+        snprintf(meta->request_id, sizeof meta->request_id, "%s", value);
+    if (strcmp(name, "retry-after") == 0) {
+        char *end;
+        long s = strtol(value, &end, 10);
+        if (end != value && s >= 0)
+            meta->retry_after_s = s;
+    }
+    if (passthrough_name(name) && meta->n_pass < TG_MAX_PASSTHROUGH_HEADERS &&
+        strlen(name) < sizeof meta->pass_name[0] && strlen(value) < sizeof meta->pass_value[0]) {
+        strcpy(meta->pass_name[meta->n_pass], name);
+        strcpy(meta->pass_value[meta->n_pass], value);
+        meta->n_pass++;
+    }
+}
+
+int tg_oa_prepare_body(const struct tg_provider_conf *pc, json_t *body, bool stream)
+{
+    return TG_OK;
+}
+
+const struct tg_provider_ops tg_openai_compat_ops = {
+    .prepare_body = tg_oa_prepare_body,         /* nothing to rewrite */
+    .parse_response = tg_oa_parse_response,     /* clean chat.completion */
+    .translate_chunk = tg_oa_translate_chunk,   /* clean chat.completion.chunk */
+    .extract_usage = tg_oa_extract_usage,       /* top-level "usage" */
+    .normalize_error = tg_oa_normalize_error,   /* any error shape -> OpenAI */
+    .classify_status = tg_oa_classify_status,   /* status -> fault class */
+    .on_header = tg_oa_on_header,               /* x-request-id, retry-after, rate limits */
+};

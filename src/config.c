@@ -1,0 +1,362 @@
+/* config.c: parse and validate config/tollgate.json into struct tg_config. Every error
+ * names the field ("config: providers.groq.base_url must be an http(s) URL"); API keys are
+ * expanded from the environment and never printed. */
+#include "tollgate/config.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "json_util.h"
+#include "tollgate/log.h"
+#include "tollgate/provider.h"
+
+#define FAIL(...) do { snprintf(err, errlen, "config: " __VA_ARGS__); goto out; } while (0)
+
+char *tg_config_expand_env(const char *s, char *missing, size_t missing_len)
+{
+    size_t cap = strlen(s) + 1, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    if (missing_len)
+        missing[0] = '\0';
+    while (*s) {
+        const char *end;
+        if (s[0] == '$' && s[1] == '{' && (end = strchr(s + 2, '}')) != NULL) {
+            char name[128];
+            size_t nlen = (size_t)(end - (s + 2));
+            if (nlen >= sizeof name)
+                nlen = sizeof name - 1;
+            memcpy(name, s + 2, nlen);
+            name[nlen] = '\0';
+            const char *val = getenv(name);
+            if (!val || !*val) {
+                if (missing_len && !missing[0])
+                    snprintf(missing, missing_len, "%s", name);
+                val = "";
+            }
+            size_t vlen = strlen(val);
+            char *n = realloc(out, cap + vlen);
+            if (!n) {
+                free(out);
+                return NULL;
+            }
+            out = n;
+            cap += vlen;
+            memcpy(out + len, val, vlen);
+            len += vlen;
+            s = end + 1;
+            continue;
+        }
+        out[len++] = *s++;
+    }
+    out[len] = '\0';
+    return out;
+}
+
+static int get_string(json_t *obj, const char *key, const char *def, char **dst,
+                      const char *where, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v && !json_is_string(v)) {
+        snprintf(err, errlen, "config: %s%s must be a string", where, key);
+        return TG_ERR_PARSE;
+    }
+    const char *s = v ? json_string_value(v) : def;
+    *dst = s ? strdup(s) : NULL;
+    return (s && !*dst) ? TG_ERR_NOMEM : TG_OK;
+}
+
+static int get_long(json_t *obj, const char *key, long def, long min, long max, long *dst,
+                    const char *where, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        *dst = def;
+        return TG_OK;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        snprintf(err, errlen, "config: %s%s must be an integer from %ld to %ld", where, key,
+                 min, max);
+        return TG_ERR_PARSE;
+    }
+    *dst = (long)json_integer_value(v);
+    return TG_OK;
+}
+
+/* "host:port"; IPv6 as "[::1]:8080". */
+static int parse_listen(struct tg_config *cfg, const char *s, char *err, size_t errlen)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s) {
+        snprintf(err, errlen, "config: listen must be HOST:PORT, got \"%s\"", s);
+        return TG_ERR_PARSE;
+    }
+    char *endp;
+    long port = strtol(colon + 1, &endp, 10);
+    if (*endp || colon[1] == '\0' || port < 0 || port > 65535) {
+        snprintf(err, errlen, "config: listen port must be 0..65535, got \"%s\"", colon + 1);
+        return TG_ERR_PARSE;
+    }
+    const char *h = s;
+    size_t hlen = (size_t)(colon - s);
+    if (h[0] == '[' && hlen >= 2 && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    free(cfg->listen_host);
+    cfg->listen_host = strndup(h, hlen);
+    cfg->listen_port = (unsigned short)port;
+    return cfg->listen_host ? TG_OK : TG_ERR_NOMEM;
+}
+
+/* Resolve rel against the directory of base_path (unless rel is absolute). Returns new. */
+static char *resolve_path(const char *base_path, const char *rel)
+{
+    if (rel[0] == '/' || !base_path || !strchr(base_path, '/'))
+        return strdup(rel);
+    const char *slash = strrchr(base_path, '/');
+    size_t dlen = (size_t)(slash - base_path) + 1;
+    char *out = malloc(dlen + strlen(rel) + 1);
+    if (out) {
+        memcpy(out, base_path, dlen);
+        strcpy(out + dlen, rel);
+    }
+    return out;
+}
+
+static bool is_http_url(const char *u)
+{
+    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+}
+
+static int parse_provider(struct tg_provider_conf *pc, const char *name, json_t *obj,
+                          char *err, size_t errlen)
+{
+    int rc = TG_ERR_PARSE;
+    char where[96], missing[128];
+    char *raw = NULL;
+    snprintf(where, sizeof where, "providers.%s.", name);
+    if (!json_is_object(obj))
+        FAIL("providers.%s must be an object", name);
+    if (tg_strlcpy_checked(pc->name, name, sizeof pc->name) != TG_OK)
+        FAIL("provider name \"%.40s...\" is too long", name);
+
+    const char *adapter = json_string_value(json_object_get(obj, "adapter"));
+    if (json_object_get(obj, "adapter") && !adapter)
+        FAIL("providers.%s.adapter must be a string", name);
+    pc->impl = tg_provider_find(adapter ? adapter : name);
+    if (!pc->impl)
+        FAIL("providers.%s: no adapter named \"%s\" (set \"adapter\" to one of groq, "
+             "together, fireworks, openai)", name, adapter ? adapter : name);
+
+    if ((rc = get_string(obj, "base_url", pc->impl->default_base_url, &raw, where, err, errlen)))
+        goto out;
+    rc = TG_ERR_PARSE;
+    if (!raw)
+        FAIL("providers.%s.base_url is required", name);
+    pc->base_url = tg_config_expand_env(raw, missing, sizeof missing);
+    free(raw);
+    raw = NULL;
+    if (!pc->base_url || !is_http_url(pc->base_url))
+        FAIL("providers.%s.base_url must be an http(s) URL", name);
+    size_t bl = strlen(pc->base_url);
+    while (bl > 0 && pc->base_url[bl - 1] == '/')
+        pc->base_url[--bl] = '\0';
+
+    json_t *key = json_object_get(obj, "api_key");
+    if (key && !json_is_string(key))
+        FAIL("providers.%s.api_key must be a string (use \"${ENV_VAR}\")", name);
+    char defkey[96];
+    snprintf(defkey, sizeof defkey, "${%s}", pc->impl->key_env ? pc->impl->key_env : "");
+    const char *kraw = key ? json_string_value(key) : (pc->impl->key_env ? defkey : "");
+    pc->api_key = tg_config_expand_env(kraw, missing, sizeof missing);
+    if (!pc->api_key) {
+        rc = TG_ERR_NOMEM;
+        goto out;
+    }
+    snprintf(pc->key_env, sizeof pc->key_env, "%.*s", (int)sizeof pc->key_env - 1, missing);
+    pc->usable = pc->api_key[0] != '\0' || !(pc->impl->flags & TG_PROV_NEEDS_KEY);
+
+    if ((rc = get_long(obj, "connect_timeout_ms", 5000, 1, 600000, &pc->connect_timeout_ms,
+                       where, err, errlen)))
+        goto out;
+    if ((rc = get_long(obj, "timeout_ms", 120000, 1, 3600000, &pc->timeout_ms, where, err,
+                       errlen)))
+        goto out;
+    if ((rc = get_long(obj, "stream_timeout_ms", 600000, 1, 24 * 3600000L,
+                       &pc->stream_timeout_ms, where, err, errlen)))
+        goto out;
+    rc = TG_OK;
+out:
+    free(raw);
+    return rc;
+}
+
+int tg_config_parse(struct tg_config *cfg, const char *text, const char *path, char *err,
+                    size_t errlen)
+{
+    int rc = TG_ERR_PARSE;
+    json_error_t jerr;
+    char *s = NULL;
+    long l;
+    json_t *root = NULL;
+
+    memset(cfg, 0, sizeof *cfg);
+    cfg->max_body_bytes = TG_DEFAULT_MAX_BODY_BYTES;
+    err[0] = '\0';
+
+    root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        FAIL("%s line %d: %s", path ? path : "(text)", jerr.line, jerr.text);
+    if (!json_is_object(root))
+        FAIL("the top level must be an object");
+
+    if ((rc = get_string(root, "listen", "127.0.0.1:8080", &s, "", err, errlen)))
+        goto out;
+    if ((rc = parse_listen(cfg, s, err, errlen)))
+        goto out;
+    free(s);
+    s = NULL;
+
+    if ((rc = get_long(root, "max_body_bytes", (long)TG_DEFAULT_MAX_BODY_BYTES, 1024,
+                       256L * 1024 * 1024, &l, "", err, errlen)))
+        goto out;
+    cfg->max_body_bytes = (size_t)l;
+    if ((rc = get_long(root, "threads", 0, 0, 256, &l, "", err, errlen)))
+        goto out;
+    cfg->threads = (unsigned)l;
+    if ((rc = get_string(root, "log_level", "info", &cfg->log_level, "", err, errlen)))
+        goto out;
+    enum tg_log_level lvl;
+    if (tg_log_level_parse(cfg->log_level, &lvl) != TG_OK) {
+        rc = TG_ERR_PARSE;
+        FAIL("log_level must be one of debug, info, warn, error, off");
+    }
+
+    if ((rc = get_string(root, "catalog", "catalog.json", &s, "", err, errlen)))
+        goto out;
+    cfg->catalog_path = resolve_path(path, s);
+    free(s);
+    s = NULL;
+
+    json_t *ledger = json_object_get(root, "ledger");
+    if (ledger && !json_is_object(ledger)) {
+        rc = TG_ERR_PARSE;
+        FAIL("ledger must be an object like {\"path\": \"tollgate.db\"}");
+    }
+    if ((rc = get_string(ledger, "path", "tollgate.db", &cfg->ledger_path, "ledger.", err, errlen)))
+        goto out;
+    if ((rc = get_string(ledger, "synchronous", "normal", &s, "ledger.", err, errlen)))
+        goto out;
+    rc = TG_ERR_PARSE;
+    if (strcmp(s, "normal") == 0)
+        cfg->ledger_sync_full = false;
+    else if (strcmp(s, "full") == 0)
+        cfg->ledger_sync_full = true;
+    else
+        FAIL("ledger.synchronous must be \"normal\" or \"full\"");
+    free(s);
+    s = NULL;
+
+    json_t *provs = json_object_get(root, "providers");
+    if (!json_is_object(provs) || json_object_size(provs) == 0)
+        FAIL("providers must be a non-empty object of provider name -> settings");
+    const char *name;
+    json_t *pv;
+    json_object_foreach(provs, name, pv) {
+        if (cfg->n_providers == TG_MAX_PROVIDERS)
+            FAIL("at most %d providers", TG_MAX_PROVIDERS);
+        struct tg_provider_conf *pc = &cfg->providers[cfg->n_providers++];
+        if ((rc = parse_provider(pc, name, pv, err, errlen)))
+            goto out;
+        rc = TG_ERR_PARSE;
+    }
+
+    json_t *routing = json_object_get(root, "routing");
+    json_t *order = json_object_get(routing, "default_order");
+    if (routing && !json_is_object(routing))
+        FAIL("routing must be an object");
+    if (order) {
+        size_t i;
+        json_t *it;
+        if (!json_is_array(order))
+            FAIL("routing.default_order must be an array of provider names");
+        json_array_foreach(order, i, it) {
+            const struct tg_provider_conf *pc =
+                json_is_string(it) ? tg_config_provider(cfg, json_string_value(it)) : NULL;
+            if (!pc)
+                FAIL("routing.default_order[%zu] must name a configured provider", i);
+            for (size_t j = 0; j < cfg->n_default_order; j++)
+                if (cfg->default_order[j] == pc)
+                    FAIL("routing.default_order names \"%s\" twice", pc->name);
+            if (cfg->n_default_order < TG_MAX_PROVIDERS)
+                cfg->default_order[cfg->n_default_order++] = pc;
+        }
+    } else {
+        for (size_t i = 0; i < cfg->n_providers; i++)
+            cfg->default_order[cfg->n_default_order++] = &cfg->providers[i];
+    }
+    rc = TG_OK;
+out:
+    free(s);
+    json_decref(root);
+    if (rc == TG_ERR_NOMEM && !err[0])
+        snprintf(err, errlen, "config: out of memory");
+    return rc;
+}
+
+int tg_config_load(struct tg_config *cfg, const char *path, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len;
+    int rc = tg_read_file(path, TG_MAX_CONFIG_BYTES, &text, &len);
+    if (rc != TG_OK) {
+        memset(cfg, 0, sizeof *cfg);
+        snprintf(err, errlen, "config: cannot read %s: %s", path,
+                 rc == TG_ERR_LIMIT ? "file too large" : "no such file or not readable");
+        return rc;
+    }
+    rc = tg_config_parse(cfg, text, path, err, errlen);
+    free(text);
+    return rc;
+}
+
+void tg_config_cleanup(struct tg_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        free(cfg->providers[i].base_url);
+        if (cfg->providers[i].api_key) {
+            /* keys do not linger in freed memory */
+            memset(cfg->providers[i].api_key, 0, strlen(cfg->providers[i].api_key));
+            free(cfg->providers[i].api_key);
+        }
+    }
+    free(cfg->listen_host);
+    free(cfg->catalog_path);
+    free(cfg->ledger_path);
+    free(cfg->log_level);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+const struct tg_provider_conf *tg_config_provider(const struct tg_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        if (strcasecmp(cfg->providers[i].name, name) == 0)
+            return &cfg->providers[i];
+    /* an adapter alias: "fireworks-ai" names the provider using the fireworks adapter */
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        const char *const *a = cfg->providers[i].impl->aliases;
+        for (; a && *a; a++)
+            if (strcasecmp(*a, name) == 0)
+                return &cfg->providers[i];
+    }
+    return NULL;
+}

@@ -1,0 +1,265 @@
+/* engine.c: the libcurl multi loop. Owns every easy handle: creates it from the request's
+ * prepared URL/headers/body, runs it, and reports bytes and completion to chat.c. Other
+ * threads only enqueue operations; all curl calls happen on this thread. */
+#include "engine.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "chat.h"
+#include "gateway.h"
+#include "request.h"
+#include "tollgate/log.h"
+
+enum op_kind { OP_START, OP_CANCEL, OP_UNPAUSE };
+
+struct op {
+    enum op_kind kind;
+    struct tg_request *r;   /* holds a reference */
+    struct op *next;
+};
+
+struct tg_engine {
+    CURLM *multi;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    struct op *head, *tail;      /* guarded by mu */
+    bool stopping;               /* guarded by mu */
+    atomic_long active;
+    struct tg_request *running;  /* engine thread only: transfers in the multi handle */
+};
+
+static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r)
+{
+    struct op *o = malloc(sizeof *o);
+    if (!o)
+        return TG_ERR_NOMEM;
+    o->kind = kind;
+    o->r = r;
+    o->next = NULL;
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping && kind == OP_START) {
+        pthread_mutex_unlock(&e->mu);
+        free(o);
+        return TG_ERR_STATE;
+    }
+    tg_request_ref(r);
+    if (e->tail)
+        e->tail->next = o;
+    else
+        e->head = o;
+    e->tail = o;
+    pthread_mutex_unlock(&e->mu);
+    curl_multi_wakeup(e->multi);
+    return TG_OK;
+}
+
+int tg_engine_start(struct tg_engine *e, struct tg_request *r) { return enqueue(e, OP_START, r); }
+
+void tg_engine_cancel(struct tg_engine *e, struct tg_request *r)
+{
+    if (enqueue(e, OP_CANCEL, r) != TG_OK)
+        tg_error("engine: cannot queue a cancel for %s (out of memory)", r->request_id);
+}
+
+void tg_engine_unpause(struct tg_engine *e, struct tg_request *r)
+{
+    if (enqueue(e, OP_UNPAUSE, r) != TG_OK)
+        tg_error("engine: cannot queue an unpause for %s (out of memory)", r->request_id);
+}
+
+long tg_engine_active(struct tg_engine *e) { return atomic_load(&e->active); }
+
+static size_t on_header(char *buf, size_t size, size_t n, void *ud)
+{
+    return tg_chat_on_header(ud, buf, size * n);
+}
+
+static size_t on_write(char *buf, size_t size, size_t n, void *ud)
+{
+    return tg_chat_on_data(ud, buf, size * n);
+}
+
+/* Set up and add r's transfer; on failure finish it at once. */
+static void start_transfer(struct tg_engine *e, struct tg_request *r)
+{
+    pthread_mutex_lock(&r->mu);
+    bool gone = r->client_gone;
+    pthread_mutex_unlock(&r->mu);
+    if (gone) {
+        tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, true);
+        return;
+    }
+    CURL *h = curl_easy_init();
+    if (!h) {
+        tg_chat_on_done(r, CURLE_OUT_OF_MEMORY, false);
+        return;
+    }
+    const struct tg_candidate *c = &r->plan.c[r->cand];
+    curl_easy_setopt(h, CURLOPT_URL, r->up_url);
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->up_body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body_len);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->up_headers);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->pc->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, r->stream ? c->pc->stream_timeout_ms
+                                                      : c->pc->timeout_ms);
+    /* only http(s) upstreams, never follow redirects: a provider that redirects is broken */
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    r->easy = h;
+    if (curl_multi_add_handle(e->multi, h) != CURLM_OK) {
+        r->easy = NULL;
+        curl_easy_cleanup(h);
+        tg_chat_on_done(r, CURLE_FAILED_INIT, false);
+        return;
+    }
+    tg_request_ref(r);   /* the running transfer's reference */
+    atomic_fetch_add(&e->active, 1);
+    r->eng_prev = NULL;
+    r->eng_next = e->running;
+    if (e->running)
+        e->running->eng_prev = r;
+    e->running = r;
+}
+
+/* Remove and finish r's transfer. */
+static void finish_transfer(struct tg_engine *e, struct tg_request *r, CURLcode rc, bool cancelled)
+{
+    CURL *h = r->easy;
+    curl_multi_remove_handle(e->multi, h);
+    curl_easy_cleanup(h);
+    r->easy = NULL;
+    atomic_fetch_sub(&e->active, 1);
+    if (r->eng_prev)
+        r->eng_prev->eng_next = r->eng_next;
+    else
+        e->running = r->eng_next;
+    if (r->eng_next)
+        r->eng_next->eng_prev = r->eng_prev;
+    r->eng_prev = r->eng_next = NULL;
+    tg_chat_on_done(r, rc, cancelled);
+    tg_request_unref(r);
+}
+
+/* final: the loop has ended, so new attempts are refused rather than started */
+static void run_ops(struct tg_engine *e, bool final)
+{
+    pthread_mutex_lock(&e->mu);
+    struct op *o = e->head;
+    e->head = e->tail = NULL;
+    pthread_mutex_unlock(&e->mu);
+    while (o) {
+        struct op *next = o->next;
+        struct tg_request *r = o->r;
+        switch (o->kind) {
+        case OP_START:
+            if (final)
+                tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);
+            else
+                start_transfer(e, r);
+            break;
+        case OP_CANCEL:
+            if (r->easy)
+                finish_transfer(e, r, CURLE_ABORTED_BY_CALLBACK, true);
+            break;
+        case OP_UNPAUSE:
+            if (r->easy && r->paused) {
+                r->paused = false;
+                curl_easy_pause(r->easy, CURLPAUSE_CONT);
+            }
+            break;
+        }
+        tg_request_unref(r);
+        free(o);
+        o = next;
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    struct tg_engine *e = arg;
+    for (;;) {
+        run_ops(e, false);
+        pthread_mutex_lock(&e->mu);
+        bool stopping = e->stopping;
+        pthread_mutex_unlock(&e->mu);
+        if (stopping)
+            break;
+        int running = 0;
+        curl_multi_perform(e->multi, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            struct tg_request *r = NULL;
+            CURLcode rc = msg->data.result;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+            finish_transfer(e, r, rc, false);
+        }
+        /* sleeps until a socket is ready, a timeout is due, or curl_multi_wakeup */
+        curl_multi_poll(e->multi, NULL, 0, 1000, NULL);
+    }
+    /* stopping: abort what still runs; each settles as cancelled by shutdown */
+    while (e->running)
+        finish_transfer(e, e->running, CURLE_ABORTED_BY_CALLBACK, false);
+    run_ops(e, true);
+    return NULL;
+}
+
+struct tg_engine *tg_engine_new(char *err, size_t errlen)
+{
+    struct tg_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "engine: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&e->mu, NULL);
+    e->multi = curl_multi_init();
+    if (!e->multi) {
+        snprintf(err, errlen, "engine: curl_multi_init failed");
+        goto fail;
+    }
+    /* keep enough idle upstream connections around for keep-alive reuse under load */
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, 512L);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        snprintf(err, errlen, "engine: cannot start its thread");
+        goto fail;
+    }
+    return e;
+fail:
+    if (e->multi)
+        curl_multi_cleanup(e->multi);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+    return NULL;
+}
+
+void tg_engine_free(struct tg_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = true;
+    pthread_mutex_unlock(&e->mu);
+    curl_multi_wakeup(e->multi);
+    pthread_join(e->thread, NULL);
+    curl_multi_cleanup(e->multi);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}

@@ -1,0 +1,106 @@
+/* models.c: GET /v1/models in the shape of Hugging Face's router (data[].providers[]): each
+ * catalog model with the configured providers serving it, their own model ids, prices,
+ * context length, capabilities and status. Built from read-only config and catalog. */
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "gateway.h"
+#include "server.h"
+#include "tollgate/money.h"
+#include "tollgate/provider.h"
+
+/* A price as a JSON number for HF-style clients (display only: the exact decimal string
+ * is given beside it, and the ledger never sees a float). */
+static json_t *price_number(int64_t nano)
+{
+    return json_real((double)nano / 1e9);
+}
+
+static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_model *m,
+                              const struct tg_offer *o, const struct tg_provider_conf *pc)
+{
+    json_t *p = json_pack("{s:s, s:s, s:s}", "provider", pc->name, "model", o->model, "status",
+                          pc->usable ? "live" : "error");
+    if (!p)
+        return NULL;
+    if (!pc->usable)
+        json_object_set_new(p, "status_detail", json_string("provider has no API key configured"));
+    if (o->context_length)
+        json_object_set_new(p, "context_length", json_integer(o->context_length));
+    if (o->max_output)
+        json_object_set_new(p, "max_output_tokens", json_integer(o->max_output));
+    if (o->price_known) {
+        char in[32], out[32];
+        json_object_set_new(p, "pricing",
+                            json_pack("{s:o, s:o}", "input", price_number(o->input_nano_per_mtok),
+                                      "output", price_number(o->output_nano_per_mtok)));
+        json_object_set_new(
+            p, "pricing_usd_per_million",
+            json_pack("{s:s, s:s, s:s}", "input",
+                      tg_usd_format_short(o->input_nano_per_mtok, in, sizeof in), "output",
+                      tg_usd_format_short(o->output_nano_per_mtok, out, sizeof out), "version",
+                      gw->cat.version));
+    } else {
+        json_object_set_new(p, "pricing", json_null());
+    }
+    json_object_set_new(p, "supports_tools", json_boolean(m->caps & TG_CAP_TOOLS));
+    json_object_set_new(p, "supports_structured_output", json_boolean(m->caps & TG_CAP_JSON));
+    json_object_set_new(p, "supports_vision", json_boolean(m->caps & TG_CAP_VISION));
+    json_object_set_new(p, "supports_streaming",
+                        json_boolean(pc->impl->flags & TG_PROV_STREAM));
+    return p;
+}
+
+static json_t *model_entry(const struct tg_gateway *gw, const struct tg_model *m)
+{
+    json_t *mods = (m->caps & TG_CAP_VISION) ? json_pack("[s, s]", "text", "image")
+                                             : json_pack("[s]", "text");
+    json_t *obj = json_pack("{s:s, s:s, s:I, s:s, s:{s:o, s:[s]}}", "id", m->id, "object",
+                            "model", (json_int_t)m->created, "owned_by", m->owned_by,
+                            "architecture", "input_modalities", mods, "output_modalities",
+                            "text");
+    json_t *provs = json_array();
+    if (!obj || !provs) {
+        json_decref(obj);
+        json_decref(provs);
+        return NULL;
+    }
+    /* in the configured default order first, then any other configured provider */
+    const struct tg_config *cfg = &gw->cfg;
+    for (size_t i = 0; i < cfg->n_default_order; i++) {
+        const struct tg_offer *o = tg_model_offer(m, cfg->default_order[i]->name);
+        if (o)
+            json_array_append_new(provs, provider_entry(gw, m, o, cfg->default_order[i]));
+    }
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        bool listed = false;
+        for (size_t j = 0; j < cfg->n_default_order; j++)
+            listed |= cfg->default_order[j] == &cfg->providers[i];
+        const struct tg_offer *o = tg_model_offer(m, cfg->providers[i].name);
+        if (o && !listed)
+            json_array_append_new(provs, provider_entry(gw, m, o, &cfg->providers[i]));
+    }
+    json_object_set_new(obj, "providers", provs);
+    return obj;
+}
+
+json_t *tg_models_list(const struct tg_gateway *gw)
+{
+    json_t *data = json_array();
+    for (size_t i = 0; data && i < gw->cat.n_models; i++) {
+        json_t *m = model_entry(gw, &gw->cat.models[i]);
+        if (m && json_array_size(json_object_get(m, "providers")) > 0)
+            json_array_append_new(data, m);
+        else
+            json_decref(m);
+    }
+    return data ? json_pack("{s:s, s:o}", "object", "list", "data", data) : NULL;
+}
+
+json_t *tg_models_get(const struct tg_gateway *gw, const char *id)
+{
+    const struct tg_model *m = tg_catalog_find(&gw->cat, id);
+    return m ? model_entry(gw, m) : NULL;
+}

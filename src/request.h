@@ -1,0 +1,119 @@
+/* request.h: one chat completion request as an explicit state machine, shared by the HTTP
+ * threads (libmicrohttpd), the upstream engine thread and the ledger writer thread.
+ * Lifetime: reference counted; every thread that may still touch it holds a reference.
+ * Fields are grouped by which thread may touch them. Private to libtollgate. */
+#ifndef TOLLGATE_REQUEST_H
+#define TOLLGATE_REQUEST_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "tollgate/error.h"
+#include "tollgate/ledger.h"
+#include "tollgate/provider.h"
+#include "tollgate/router.h"
+#include "tollgate/sse.h"
+
+struct MHD_Connection;
+struct tg_gateway;
+
+enum tg_req_state {
+    TG_RS_RECEIVING = 0, /* body arriving */
+    TG_RS_ROUTED,        /* plan built, reserve row queued */
+    TG_RS_RESERVED,      /* reserve row durable; queued to the engine */
+    TG_RS_UPSTREAM,      /* transfer running, nothing sent to the client yet */
+    TG_RS_RELAYING,      /* streaming: first bytes reached the client */
+    TG_RS_SETTLING,      /* settle row queued; final bytes held back until durable */
+    TG_RS_SETTLED,       /* settle durable: the response may complete */
+    TG_RS_DONE,          /* client side finished (completed callback ran) */
+};
+
+const char *tg_req_state_name(enum tg_req_state s);
+
+/* Growable byte buffer with a cap. */
+struct tg_buf {
+    char *data;
+    size_t len, cap, limit;
+};
+int tg_buf_append(struct tg_buf *b, const void *p, size_t n) TG_WUR;  /* TG_ERR_LIMIT past limit */
+void tg_buf_reset(struct tg_buf *b);
+void tg_buf_free(struct tg_buf *b);
+
+struct tg_request {
+    atomic_int refs;
+    struct tg_gateway *gw;
+
+    /* --- HTTP thread only (until the request is handed to the engine) --- */
+    struct tg_buf body;            /* client body */
+    json_t *client_json;           /* parsed client body */
+
+    /* --- set before the hand-off, read-only afterwards --- */
+    char request_id[TG_ID_MAX];
+    bool stream;
+    bool want_usage;               /* stream_options.include_usage from the client */
+    struct tg_route_plan plan;
+    size_t cand;                   /* index of the candidate being tried */
+    char *up_body;                 /* serialized upstream body (owned) */
+    size_t up_body_len;
+    int64_t prompt_estimate;       /* tokens, from message text length */
+    long long t_start_us;
+
+    /* --- engine thread only, during an attempt --- */
+    CURL *easy;
+    struct curl_slist *up_headers;
+    long up_status;
+    bool up_is_sse;
+    struct tg_buf up_resp;         /* non-streaming or error body */
+    struct tg_sse_parser sse;
+    struct tg_stream_state st;
+    struct tg_upstream_meta meta;
+    long long t_first_byte_us;
+    bool paused;                   /* upstream paused by back-pressure */
+    struct tg_request *eng_prev, *eng_next;   /* the engine's list of running transfers */
+    char *up_url;                  /* owned */
+
+    /* --- shared; guarded by mu --- */
+    pthread_mutex_t mu;
+    enum tg_req_state state;
+    struct MHD_Connection *conn;
+    bool suspended;                /* we suspended conn and owe it a resume */
+    bool client_gone;              /* the client side ended (completed callback) */
+    bool response_queued;          /* the HTTP thread queued a response */
+    bool unpause_wanted;
+    /* streaming output */
+    struct tg_buf out;             /* bytes for the client not yet consumed */
+    size_t out_off;
+    bool out_eof;                  /* no more bytes will be appended */
+    bool stream_started;           /* first chunk ready: send 200 + SSE headers */
+    /* final non-streaming response or error */
+    int resp_status;
+    json_t *resp_json;             /* owned */
+    struct tg_error error;         /* owned; used when resp_json is NULL and status >= 400 */
+    bool resp_ready;
+
+    /* --- ledger: written by the thread that owns the current phase --- */
+    struct tg_ledger_entry le;
+    int64_t row_id;
+};
+
+/* Returns new with one reference (the HTTP layer's). */
+struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *conn);
+void tg_request_ref(struct tg_request *r);
+void tg_request_unref(struct tg_request *r);
+
+/* The one state setter: checks the transition is allowed and traces it at debug level.
+ * Caller holds r->mu. */
+void tg_request_set_state(struct tg_request *r, enum tg_req_state s);
+
+/* Suspend the client connection (HTTP thread, r->mu held). */
+void tg_request_sleep_locked(struct tg_request *r);
+/* Resume it if we suspended it (any thread, r->mu held). */
+void tg_request_wake_locked(struct tg_request *r);
+
+#endif

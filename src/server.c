@@ -1,0 +1,406 @@
+/* server.c: the libmicrohttpd front end. Routes requests, enforces the body limit, answers
+ * JSON and SSE, and parks chat requests (MHD_suspend_connection) while the engine works.
+ * Its callbacks never block: waiting is a suspended connection, not a thread. */
+#include "server.h"
+
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <openssl/rand.h>
+
+#include "chat.h"
+#include "engine.h"
+#include "gateway.h"
+#include "request.h"
+#include "tollgate/log.h"
+#include "tollgate/money.h"
+
+enum route { R_NONE = 0, R_HEALTH, R_MODELS, R_MODEL, R_CHAT, R_NOT_FOUND, R_BAD_METHOD };
+
+struct http_ctx {
+    enum route route;
+    const char *allow;          /* for 405 */
+    struct tg_request *r;       /* R_CHAT: the request (our reference) */
+    bool too_large;
+    bool begun;
+};
+
+/* ---- responses ------------------------------------------------------------------------ */
+
+static void add_tollgate_headers(struct MHD_Response *resp, const struct tg_request *r)
+{
+    MHD_add_response_header(resp, "x-tollgate-request-id", r->request_id);
+    if (r->plan.n > 0) {
+        const struct tg_candidate *c = &r->plan.c[r->cand];
+        char n[16];
+        snprintf(n, sizeof n, "%zu", r->cand + 1);
+        MHD_add_response_header(resp, "x-tollgate-provider", c->pc->name);
+        MHD_add_response_header(resp, "x-tollgate-model", c->upstream_model);
+        MHD_add_response_header(resp, "x-tollgate-attempts", n);
+    }
+}
+
+static enum MHD_Result queue_json(struct MHD_Connection *conn, unsigned status, json_t *body,
+                                  const struct tg_request *r, const struct tg_error *err)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+    if (!text)
+        text = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                      "\"param\":null,\"code\":null}}");
+    if (!text)
+        return MHD_NO;
+    size_t len = strlen(text);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (r)
+        add_tollgate_headers(resp, r);
+    if (err && status >= 400)
+        MHD_add_response_header(resp, "x-tollgate-error-source", tg_error_source_name(err->source));
+    if (r && status == 429) {
+        /* the provider's rate-limit view, so clients can back off correctly */
+        for (size_t i = 0; i < r->meta.n_pass; i++)
+            MHD_add_response_header(resp, r->meta.pass_name[i], r->meta.pass_value[i]);
+    }
+    if (r && status == 200 && r->le.cost_nano >= 0) {
+        char usd[32];
+        MHD_add_response_header(resp, "x-tollgate-cost-usd",
+                                tg_usd_format(r->le.cost_nano, usd, sizeof usd));
+    }
+    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result queue_error(struct MHD_Connection *conn, unsigned status,
+                                   enum tg_error_source src, const char *type, const char *param,
+                                   const char *code, const char *msg, const char *allow)
+{
+    struct tg_error e = {.http_status = (int)status, .source = src,
+                         .body = tg_error_object(msg, type, param, code)};
+    enum MHD_Result ret;
+    if (allow) {
+        char *text = json_dumps(e.body, JSON_COMPACT);
+        struct MHD_Response *resp =
+            text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE) : NULL;
+        if (!resp) {
+            free(text);
+            tg_error_cleanup(&e);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+        MHD_add_response_header(resp, "x-tollgate-error-source", tg_error_source_name(src));
+        ret = MHD_queue_response(conn, status, resp);
+        MHD_destroy_response(resp);
+    } else {
+        ret = queue_json(conn, status, e.body, NULL, &e);
+    }
+    tg_error_cleanup(&e);
+    return ret;
+}
+
+/* Content reader of a streaming answer: hand over what is buffered; when nothing is, park
+ * the connection until the engine appends more (it resumes us). */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct tg_request *r = cls;
+    bool unpause = false;
+    ssize_t n;
+    pthread_mutex_lock(&r->mu);
+    size_t avail = r->out.len - r->out_off;
+    if (avail > 0) {
+        n = (ssize_t)(avail < max ? avail : max);
+        memcpy(buf, r->out.data + r->out_off, (size_t)n);
+        r->out_off += (size_t)n;
+        if (r->out_off == r->out.len)
+            r->out.len = r->out_off = 0;
+        if (r->unpause_wanted && r->out.len - r->out_off <= TG_STREAM_OUT_HIGH_WATER / 2) {
+            r->unpause_wanted = false;
+            unpause = true;
+        }
+    } else if (r->out_eof) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        tg_request_sleep_locked(r);
+        n = 0;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (unpause)
+        tg_engine_unpause(r->gw->engine, r);
+    return n;
+}
+
+static void stream_free(void *cls) { tg_request_unref(cls); }
+
+/* r->mu held; the engine has produced the first chunk. */
+static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_request *r)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, stream_free);
+    if (!resp)
+        return MHD_NO;
+    tg_request_ref(r);   /* the response's reference, dropped by stream_free */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    add_tollgate_headers(resp, r);
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* A chat request came back from suspension (or finished synchronously). */
+static enum MHD_Result chat_answer(struct MHD_Connection *conn, struct tg_request *r)
+{
+    enum MHD_Result ret = MHD_YES;
+    pthread_mutex_lock(&r->mu);
+    if (r->response_queued) {
+        /* already answered */
+    } else if (r->stream_started) {
+        r->response_queued = true;
+        if (r->state < TG_RS_RELAYING)
+            tg_request_set_state(r, TG_RS_RELAYING);
+        ret = queue_stream(conn, r);
+    } else if (r->resp_ready) {
+        r->response_queued = true;
+        if (r->resp_json && r->resp_status == 200)
+            ret = queue_json(conn, 200, r->resp_json, r, NULL);
+        else
+            ret = queue_json(conn, (unsigned)(r->resp_status >= 400 ? r->resp_status : 500),
+                             r->error.body, r, &r->error);
+    } else {
+        tg_request_sleep_locked(r);   /* woken early: wait again */
+    }
+    pthread_mutex_unlock(&r->mu);
+    return ret;
+}
+
+/* ---- routing -------------------------------------------------------------------------- */
+
+static const char *strip_v1(const char *url)
+{
+    return strncmp(url, "/v1/", 4) == 0 ? url + 3 : url;
+}
+
+static void route(struct http_ctx *ctx, const char *url, const char *method)
+{
+    const char *u = strip_v1(url);
+    bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    bool post = strcmp(method, "POST") == 0;
+    if (strcmp(url, "/healthz") == 0 || strcmp(url, "/health") == 0) {
+        ctx->route = get ? R_HEALTH : R_BAD_METHOD;
+        ctx->allow = "GET, HEAD";
+    } else if (strcmp(u, "/models") == 0) {
+        ctx->route = get ? R_MODELS : R_BAD_METHOD;
+        ctx->allow = "GET, HEAD";
+    } else if (strncmp(u, "/models/", 8) == 0 && u[8]) {
+        ctx->route = get ? R_MODEL : R_BAD_METHOD;
+        ctx->allow = "GET, HEAD";
+    } else if (strcmp(u, "/chat/completions") == 0) {
+        ctx->route = post ? R_CHAT : R_BAD_METHOD;
+        ctx->allow = "POST";
+    } else {
+        ctx->route = R_NOT_FOUND;
+    }
+}
+
+static void new_request_id(char *buf, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[10] = {0};
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        memset(rnd, 0, sizeof rnd);
+    char h[2 * sizeof rnd + 1];
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        h[2 * i] = hex[rnd[i] >> 4];
+        h[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    h[2 * sizeof rnd] = '\0';
+    snprintf(buf, len, "tgr_%s", h);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **con_cls)
+{
+    struct tg_gateway *gw = cls;
+    struct http_ctx *ctx = *con_cls;
+
+    if (!ctx) {
+        ctx = calloc(1, sizeof *ctx);
+        if (!ctx)
+            return MHD_NO;
+        *con_cls = ctx;
+        route(ctx, url, method);
+        if (ctx->route == R_CHAT) {
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+            if (cl && strtoull(cl, NULL, 10) > gw->cfg.max_body_bytes)
+                ctx->too_large = true;   /* refuse before reading a byte */
+            else if (!(ctx->r = tg_request_new(gw, conn)))
+                return MHD_NO;
+            else
+                new_request_id(ctx->r->request_id, sizeof ctx->r->request_id);
+        }
+        if (!ctx->too_large)
+            return MHD_YES;
+    }
+
+    if (*upload_size > 0) {
+        if (ctx->r && !ctx->too_large) {
+            int rc = tg_buf_append(&ctx->r->body, upload, *upload_size);
+            if (rc == TG_ERR_LIMIT)
+                ctx->too_large = true;
+            else if (rc != TG_OK)
+                return MHD_NO;
+        }
+        *upload_size = 0;   /* bodies of other routes are ignored */
+        return MHD_YES;
+    }
+
+    if (ctx->too_large) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the request body is larger than this gateway's limit of %zu bytes",
+                 gw->cfg.max_body_bytes);
+        ctx->too_large = false;   /* answer once */
+        ctx->route = R_NONE;
+        return queue_error(conn, 413, TG_SRC_CALLER, "invalid_request_error", NULL,
+                           "request_too_large", msg, NULL);
+    }
+
+    switch (ctx->route) {
+    case R_HEALTH: {
+        json_t *b = json_pack("{s:s}", "status", "ok");
+        enum MHD_Result ret = queue_json(conn, 200, b, NULL, NULL);
+        json_decref(b);
+        return ret;
+    }
+    case R_MODELS: {
+        json_t *b = tg_models_list(gw);
+        enum MHD_Result ret = queue_json(conn, 200, b, NULL, NULL);
+        json_decref(b);
+        return ret;
+    }
+    case R_MODEL: {
+        json_t *b = tg_models_get(gw, strip_v1(url) + 8);
+        if (!b) {
+            char msg[TG_MODEL_MAX + 64];
+            snprintf(msg, sizeof msg, "model \"%.*s\" is not in the catalog", TG_MODEL_MAX,
+                     strip_v1(url) + 8);
+            return queue_error(conn, 404, TG_SRC_CALLER, "invalid_request_error", "model",
+                               "model_not_found", msg, NULL);
+        }
+        enum MHD_Result ret = queue_json(conn, 200, b, NULL, NULL);
+        json_decref(b);
+        return ret;
+    }
+    case R_CHAT:
+        if (!ctx->begun) {
+            ctx->begun = true;
+            atomic_fetch_add(&gw->requests_total, 1);
+            if (tg_chat_begin(ctx->r) == TG_OK)
+                return MHD_YES;   /* suspended until the engine or ledger wakes us */
+        }
+        return chat_answer(conn, ctx->r);
+    case R_BAD_METHOD: {
+        char msg[96];
+        snprintf(msg, sizeof msg, "method %.16s is not allowed here; use %s", method, ctx->allow);
+        return queue_error(conn, 405, TG_SRC_CALLER, "invalid_request_error", NULL,
+                           "method_not_allowed", msg, ctx->allow);
+    }
+    case R_NOT_FOUND:
+        return queue_error(conn, 404, TG_SRC_CALLER, "invalid_request_error", NULL, "unknown_url",
+                           "unknown URL; tollgate serves POST /v1/chat/completions, "
+                           "GET /v1/models, GET /v1/models/{model} and GET /healthz", NULL);
+    case R_NONE:
+    default:
+        return MHD_YES;
+    }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct http_ctx *ctx = *con_cls;
+    if (!ctx)
+        return;
+    if (ctx->r)
+        tg_chat_client_done(ctx->r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    free(ctx);
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    tg_debug("http: %s", buf);
+}
+
+int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char port[8];
+    snprintf(port, sizeof port, "%u", gw->cfg.listen_port);
+    int gai = getaddrinfo(gw->cfg.listen_host, port, &hints, &ai);
+    if (gai != 0) {
+        snprintf(err, errlen, "cannot resolve listen address %s: %s", gw->cfg.listen_host,
+                 gai_strerror(gai));
+        return TG_ERR_IO;
+    }
+    unsigned threads = gw->cfg.threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (unsigned)n : 1;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    gw->mhd = MHD_start_daemon(
+        flags, gw->cfg.listen_port, NULL, NULL, on_request, gw,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, threads,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+        MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!gw->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)",
+                 gw->cfg.listen_host, gw->cfg.listen_port);
+        return TG_ERR_IO;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(gw->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    gw->port = info ? info->port : gw->cfg.listen_port;
+    return TG_OK;
+}
+
+void tg_server_quiesce(struct tg_gateway *gw)
+{
+    if (gw->mhd) {
+        MHD_socket s = MHD_quiesce_daemon(gw->mhd);
+        if (s != MHD_INVALID_SOCKET)
+            close(s);
+    }
+}
+
+void tg_server_stop(struct tg_gateway *gw)
+{
+    if (gw->mhd)
+        MHD_stop_daemon(gw->mhd);
+    gw->mhd = NULL;
+}
