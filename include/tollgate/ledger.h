@@ -26,7 +26,8 @@ enum tg_row_status {
 
 /* One attempt of one request. Plain data: the ledger copies it, the caller keeps its own.
  * Strings are NUL-terminated; an empty string is stored as NULL. Token counts and costs of
- * -1 are stored as NULL (unknown). */
+ * -1 are stored as NULL (unknown). (Any negative number is stored as NULL, http_status 0
+ * as NULL; a string filling its whole array without a NUL is stored cut at the array.) */
 struct tg_ledger_entry {
     char request_id[TG_ID_MAX];
     int attempt;                          /* 1-based */
@@ -51,7 +52,8 @@ struct tg_ledger_entry {
     int64_t queue_us;                     /* time waiting for admission, -1 = n/a */
     bool streamed;
     bool client_disconnected;
-    int64_t created_ms;                   /* unix ms when the request arrived */
+    int64_t created_ms;                   /* unix ms when the request arrived; -1 = the
+                                             ledger stamps the time of the insert call */
 };
 
 /* Fill e with "unknown" values (-1s, empty strings, status RESERVED, attempt 1). */
@@ -59,7 +61,11 @@ void tg_ledger_entry_init(struct tg_ledger_entry *e);
 
 /* Called on the writer thread after the operation's transaction committed (st == TG_OK,
  * row_id set) or failed (st < 0, row_id 0). Must not block and must not call back into
- * the ledger synchronously... it may enqueue further ledger operations. */
+ * the ledger synchronously... it may enqueue further ledger operations. (Failures:
+ * TG_ERR_NOTFOUND = settle of a row that does not exist, TG_ERR_PARSE = the row broke a
+ * constraint; both fail that operation alone. TG_ERR_IO = the batch's transaction failed.
+ * Acks run in queue order. tg_ledger_flush returns at once here; tg_ledger_close must not
+ * be called here. Operations queued here are accepted even while the ledger is closing.) */
 typedef void (*tg_ledger_ack_cb)(void *ud, int st, int64_t row_id);
 
 struct tg_ledger;
@@ -75,21 +81,28 @@ struct tg_ledger_options {
 struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_options *opts,
                                  char *err, size_t errlen);
 
-/* Drain every queued operation, commit, stop the writer thread and close. NULL is ok. */
+/* Drain every queued operation, commit, stop the writer thread and close. NULL is ok.
+ * (Insert/settle from other threads get TG_ERR_STATE once closing starts; none may be
+ * called after close returns.) */
 void tg_ledger_close(struct tg_ledger *lg);
 
 /* Queue an insert of e (any status). cb (may be NULL) runs once it is durable, with the
  * new row id. Thread-safe. Returns TG_OK, TG_ERR_LIMIT (queue full) or TG_ERR_STATE
- * (closing); on error cb is not called. */
+ * (closing); on error cb is not called. (Also TG_ERR_RANGE: empty request_id or an enum
+ * out of range; TG_ERR_NOMEM. settled_ms is set unless e->status is RESERVED.) */
 int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
 
 /* Queue an update of row row_id to the final values in e (status, tokens, cost, ...).
- * Same contract as tg_ledger_insert. */
+ * Same contract as tg_ledger_insert. (request_id, attempt and created_ms never change;
+ * key_id, provider and the three model ids keep the reserved value when e leaves them
+ * ""; every other column takes e's value, unknowns included; settled_ms = now.
+ * TG_ERR_RANGE for row_id <= 0.) */
 int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
 
-/* Block until everything queued so far is committed (tests, shutdown). */
+/* Block until everything queued so far is committed (tests, shutdown). (And acknowledged:
+ * every ack of those operations has returned. Returns at once on the writer thread.) */
 void tg_ledger_flush(struct tg_ledger *lg);
 
 /* Rows swept to INTERRUPTED by the last open. */

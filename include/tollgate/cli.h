@@ -1,0 +1,16 @@
+/* cli.h: tollgate's subcommands. main() dispatches "tollgate NAME ARGS..." to the matching
+ * function with argv[0] == NAME (ignored) and the options after it. Each returns the
+ * process exit code: 0 ok, 1 error, 2 usage. */
+#ifndef TOLLGATE_CLI_H
+#define TOLLGATE_CLI_H
+
+/* tollgate serve --config FILE [--listen HOST:PORT] [--ledger PATH] [--port-file FILE]
+ *                [--log-level L] */
+int tg_cli_serve(int argc, char **argv);
+
+/* tollgate bill [--ledger PATH] [--format table|csv|json] [--json] [--csv] [--help]
+ * Reads the ledger file directly (default "tollgate.db"); never creates one. Writes the bill
+ * to stdout, errors to stderr. */
+int tg_cli_bill(int argc, char **argv);
+
+#endif
