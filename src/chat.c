@@ -398,7 +398,7 @@ static void on_settled(void *ud, int st, int64_t row_id)
                      "the ledger could not record this request; the answer was withheld");
         r->resp_status = 500;
     }
-    tg_request_set_state(r, TG_RS_SETTLED);
+    tg_request_set_state(r, r->client_gone ? TG_RS_DONE : TG_RS_SETTLED);
     if (r->stream_started) {
         if (r->resp_status >= 400) {
             emit_json_event_locked(r, r->error.body);
@@ -732,9 +732,18 @@ void tg_chat_client_done(struct tg_request *r, bool ok)
     pthread_mutex_lock(&r->mu);
     r->client_gone = true;
     enum tg_req_state s = r->state;
-    tg_request_set_state(r, TG_RS_DONE);
+    if (s == TG_RS_SETTLED)
+        tg_request_set_state(r, TG_RS_DONE);
+    bool mark_row = !ok && s == TG_RS_SETTLED && r->row_id > 0 && !r->le.client_disconnected;
+    if (mark_row)
+        r->le.client_disconnected = true;
     pthread_mutex_unlock(&r->mu);
     if (!ok && (s == TG_RS_RESERVED || s == TG_RS_UPSTREAM || s == TG_RS_RELAYING))
         tg_engine_cancel(r->gw->engine, r);
+    /* settled, but the answer never fully reached the client: say so on the row (the
+     * provider still billed it, so the cost stays) */
+    if (mark_row && tg_ledger_settle(r->gw->ledger, r->row_id, &r->le, NULL, NULL) != TG_OK)
+        tg_warn("request %s: could not flag the ledger row as client-disconnected",
+                r->request_id);
     tg_request_unref(r);
 }
