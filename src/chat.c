@@ -17,154 +17,17 @@
 #include "gateway.h"
 #include "json_util.h"
 #include "request.h"
+#include "tollgate/backoff.h"
 #include "tollgate/log.h"
 #include "tollgate/money.h"
+
+#include <openssl/rand.h>
 
 static void on_reserved(void *ud, int st, int64_t row_id);
 static void on_settled(void *ud, int st, int64_t row_id);
 
-/* ---- validation ------------------------------------------------------------------ */
-
-#define T_STR (1 << JSON_STRING)
-#define T_OBJ (1 << JSON_OBJECT)
-#define T_ARR (1 << JSON_ARRAY)
-#define T_INT (1 << JSON_INTEGER)
-#define T_NUM ((1 << JSON_INTEGER) | (1 << JSON_REAL))
-#define T_BOOL ((1 << JSON_TRUE) | (1 << JSON_FALSE))
-#define T_NULL (1 << JSON_NULL)
-
-static const struct field_rule {
-    const char *key;
-    int types;
-    const char *what;
-} field_rules[] = {
-    {"model", T_STR, "a string"},
-    {"messages", T_ARR, "an array of messages"},
-    {"stream", T_BOOL | T_NULL, "a boolean"},
-    {"stream_options", T_OBJ | T_NULL, "an object"},
-    {"max_tokens", T_INT | T_NULL, "an integer"},
-    {"max_completion_tokens", T_INT | T_NULL, "an integer"},
-    {"n", T_INT | T_NULL, "an integer"},
-    {"temperature", T_NUM | T_NULL, "a number"},
-    {"top_p", T_NUM | T_NULL, "a number"},
-    {"presence_penalty", T_NUM | T_NULL, "a number"},
-    {"frequency_penalty", T_NUM | T_NULL, "a number"},
-    {"seed", T_INT | T_NULL, "an integer"},
-    {"stop", T_STR | T_ARR | T_NULL, "a string or an array of strings"},
-    {"tools", T_ARR | T_NULL, "an array"},
-    {"user", T_STR | T_NULL, "a string"},
-    {"logprobs", T_BOOL | T_NULL, "a boolean"},
-    {"top_logprobs", T_INT | T_NULL, "an integer"},
-    {"response_format", T_OBJ | T_NULL, "an object"},
-    {"provider", T_STR | T_OBJ | T_NULL, "a string naming a provider"},
-};
-
-static int validate(struct tg_request *r, json_t *body)
-{
-    struct tg_error *err = &r->error;
-    if (!json_is_object(body)) {
-        tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", NULL, "invalid_body",
-                     "the request body must be a JSON object");
-        return TG_ERR_PARSE;
-    }
-    for (size_t i = 0; i < sizeof field_rules / sizeof field_rules[0]; i++) {
-        json_t *v = json_object_get(body, field_rules[i].key);
-        if (v && !((1 << json_typeof(v)) & field_rules[i].types)) {
-            tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", field_rules[i].key,
-                         "invalid_type", "%s must be %s", field_rules[i].key,
-                         field_rules[i].what);
-            return TG_ERR_PARSE;
-        }
-    }
-    json_t *model = json_object_get(body, "model");
-    if (!model || !json_string_length(model)) {
-        tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", "model", "missing_model",
-                     "model is required (for example \"openai/gpt-oss-120b\")");
-        return TG_ERR_PARSE;
-    }
-    json_t *msgs = json_object_get(body, "messages");
-    if (!msgs || json_array_size(msgs) == 0) {
-        tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", "messages",
-                     "missing_messages", "messages must be a non-empty array");
-        return TG_ERR_PARSE;
-    }
-    size_t i;
-    json_t *m;
-    json_array_foreach(msgs, i, m) {
-        char param[48];
-        snprintf(param, sizeof param, "messages[%zu]", i);
-        json_t *role = json_object_get(m, "role");
-        json_t *content = json_object_get(m, "content");
-        if (!json_is_object(m) || !json_is_string(role)) {
-            tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", param, "invalid_type",
-                         "%s must be an object with a string role", param);
-            return TG_ERR_PARSE;
-        }
-        if (content && !json_is_string(content) && !json_is_array(content) &&
-            !json_is_null(content)) {
-            tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", param, "invalid_type",
-                         "%s.content must be a string, an array of content parts or null", param);
-            return TG_ERR_PARSE;
-        }
-        size_t k;
-        json_t *part;
-        json_array_foreach(content, k, part) {
-            if (!json_is_object(part) || !json_is_string(json_object_get(part, "type"))) {
-                tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", param,
-                             "invalid_type", "%s.content[%zu] must be an object with a string "
-                             "type", param, k);
-                return TG_ERR_PARSE;
-            }
-        }
-    }
-    json_t *n = json_object_get(body, "n");
-    if (json_is_integer(n) && (json_integer_value(n) < 1 || json_integer_value(n) > 128)) {
-        tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", "n", "invalid_value",
-                     "n must be between 1 and 128");
-        return TG_ERR_PARSE;
-    }
-    const char *caps[] = {"max_tokens", "max_completion_tokens"};
-    for (size_t c = 0; c < 2; c++) {
-        json_t *v = json_object_get(body, caps[c]);
-        if (json_is_integer(v) && json_integer_value(v) < 1) {
-            tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", caps[c],
-                         "invalid_value", "%s must be at least 1", caps[c]);
-            return TG_ERR_PARSE;
-        }
-    }
-    json_t *so = json_object_get(body, "stream_options");
-    json_t *iu = json_object_get(so, "include_usage");
-    if (iu && !json_is_boolean(iu)) {
-        tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error",
-                     "stream_options.include_usage", "invalid_type",
-                     "stream_options.include_usage must be a boolean");
-        return TG_ERR_PARSE;
-    }
-    return TG_OK;
-}
-
-/* Rough prompt size in tokens (4 characters a token, a nominal cost per image), used when
- * the provider reports no usage and for worst-case reservations. */
-static int64_t estimate_prompt(const json_t *msgs)
-{
-    int64_t chars = 0, images = 0;
-    size_t i, k;
-    json_t *m, *part;
-    json_array_foreach(msgs, i, m) {
-        json_t *c = json_object_get(m, "content");
-        chars += 16;   /* role and message framing */
-        if (json_is_string(c))
-            chars += (int64_t)json_string_length(c);
-        json_array_foreach(c, k, part) {
-            json_t *t = json_object_get(part, "text");
-            if (json_is_string(t))
-                chars += (int64_t)json_string_length(t);
-            else
-                images++;
-        }
-    }
-    return (chars + 3) / 4 + images * 800;
-}
+/* What follows an attempt once its row has settled. */
+enum next_action { NEXT_FINISH = 0, NEXT_RETRY_SAME, NEXT_CANDIDATE };
 
 /* ---- building the attempt --------------------------------------------------------- */
 
@@ -236,13 +99,13 @@ static void entry_for_attempt(struct tg_request *r)
 {
     const struct tg_candidate *c = &r->plan.c[r->cand];
     struct tg_ledger_entry *e = &r->le;
-    e->attempt = (int)r->cand + 1;
+    e->attempt = r->attempts;
     e->status = TG_ROW_RESERVED;
     snprintf(e->provider, sizeof e->provider, "%s", c->pc->name);
     snprintf(e->model_canonical, sizeof e->model_canonical, "%s",
              r->plan.model ? r->plan.model->id : "");
     snprintf(e->model_upstream, sizeof e->model_upstream, "%s", c->upstream_model);
-    snprintf(e->price_version, sizeof e->price_version, "%s", r->gw->cat.version);
+    snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
     e->reserved_nano = -1;
     if (c->offer && c->offer->price_known) {
         json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
@@ -257,11 +120,92 @@ static void entry_for_attempt(struct tg_request *r)
     }
 }
 
+/* ---- attempts -------------------------------------------------------------------- */
+
+/* Forget everything the previous attempt left behind (engine-side state). Called only
+ * while no transfer runs for r. */
+static void reset_attempt(struct tg_request *r)
+{
+    r->up_status = 0;
+    r->up_is_sse = false;
+    tg_buf_reset(&r->up_resp);
+    tg_sse_cleanup(&r->sse);
+    tg_sse_init(&r->sse);
+    tg_stream_state_cleanup(&r->st);
+    tg_stream_state_init(&r->st, r->plan.model_out, r->want_usage);
+    memset(&r->meta, 0, sizeof r->meta);
+    r->meta.retry_after_s = -1;
+    r->t_attempt_us = r->t_resp_start_us = r->t_last_rx_us = r->t_first_byte_us = 0;
+    r->timeout_kind = 0;
+    r->paused = false;
+    json_decref(r->resp_json);
+    r->resp_json = NULL;
+
+    struct tg_ledger_entry *e = &r->le;
+    e->upstream_request_id[0] = '\0';
+    e->prompt_tokens = e->completion_tokens = e->cached_tokens = -1;
+    e->usage_source = TG_USAGE_UNKNOWN;
+    e->cost_nano = -1;
+    e->http_status = 0;
+    e->error_type[0] = '\0';
+    e->ttfb_us = e->duration_us = -1;
+    e->client_disconnected = false;
+    e->created_ms = tg_wall_ms();
+    r->row_id = 0;
+}
+
+/* The first candidate at or after `from` whose breaker admits an attempt, or plan.n. */
+static size_t admitted_candidate(struct tg_request *r, size_t from)
+{
+    for (size_t i = from; i < r->plan.n; i++) {
+        const struct tg_candidate *c = &r->plan.c[i];
+        if (tg_health_admit(r->gw->health, c->pc->name, c->upstream_model, tg_wall_ms()))
+            return i;
+    }
+    return r->plan.n;
+}
+
+/* Finish the request with r->error as the answer. Any thread; wakes the client. */
+static void answer_error(struct tg_request *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->resp_status = r->error.http_status >= 400 ? r->error.http_status : 500;
+    r->resp_ready = true;
+    tg_request_wake_locked(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Reserve a row for a new attempt on r->plan.c[r->cand]; its acknowledgement starts the
+ * transfer after r->next_delay_ms. Any thread. */
+static void start_attempt(struct tg_request *r)
+{
+    reset_attempt(r);
+    r->attempts++;
+    r->tries_on_cand++;
+    if (build_attempt(r) != TG_OK) {
+        tg_error_set(&r->error, 500, TG_SRC_GATEWAY, "server_error", NULL, NULL,
+                     "tollgate could not build the upstream request (out of memory)");
+        answer_error(r);
+        return;
+    }
+    entry_for_attempt(r);
+    pthread_mutex_lock(&r->mu);
+    tg_request_set_state(r, TG_RS_ROUTED);
+    pthread_mutex_unlock(&r->mu);
+    tg_request_ref(r);   /* the ledger operation's reference */
+    if (tg_ledger_insert(r->gw->ledger, &r->le, on_reserved, r) != TG_OK) {
+        tg_request_unref(r);
+        tg_error_set(&r->error, 503, TG_SRC_GATEWAY, "service_unavailable", NULL,
+                     "ledger_unavailable", "the ledger is overloaded; retry shortly");
+        answer_error(r);
+    }
+}
+
 /* ---- beginning -------------------------------------------------------------------- */
 
 static void reject(struct tg_request *r)
 {
-    /* the router refused: one row, no upstream attempt, no wait for durability */
+    /* refused before any upstream attempt: one row, no wait for durability */
     struct tg_ledger_entry *e = &r->le;
     e->status = TG_ROW_REJECTED;
     e->http_status = r->error.http_status;
@@ -269,6 +213,8 @@ static void reject(struct tg_request *r)
     snprintf(e->error_type, sizeof e->error_type, "%s", type ? type : "");
     e->duration_us = tg_now_us() - r->t_start_us;
     e->cost_nano = 0;
+    if (r->cat)
+        snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
     if (tg_ledger_insert(r->gw->ledger, e, NULL, NULL) != TG_OK)
         tg_warn("request %s: ledger queue full, rejected request not recorded", r->request_id);
 }
@@ -287,7 +233,7 @@ int tg_chat_begin(struct tg_request *r)
                      jerr.line, jerr.column);
         goto sync_error;
     }
-    if (validate(r, r->client_json) != TG_OK)
+    if (tg_chat_validate(r->client_json, &r->error) != TG_OK)
         goto sync_error;
     const char *model = json_string_value(json_object_get(r->client_json, "model"));
     snprintf(r->le.model_requested, sizeof r->le.model_requested, "%s", model);
@@ -295,39 +241,41 @@ int tg_chat_begin(struct tg_request *r)
     r->want_usage = json_is_true(
         json_object_get(json_object_get(r->client_json, "stream_options"), "include_usage"));
     r->le.streamed = r->stream;
-    r->prompt_estimate = estimate_prompt(json_object_get(r->client_json, "messages"));
+    r->prompt_estimate = tg_chat_estimate_prompt(json_object_get(r->client_json, "messages"));
 
-    if (tg_route_plan_build(&r->gw->cfg, &r->gw->cat, model,
-                            json_object_get(r->client_json, "provider"), &r->plan,
+    r->cat = tg_gateway_catalog(r->gw);
+    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
+    if (!mt)
+        mt = json_object_get(r->client_json, "max_tokens");
+    struct tg_route_hints hints = {
+        .prompt_tokens = r->prompt_estimate,
+        .max_output_tokens = json_is_integer(mt) ? json_integer_value(mt) : 0,
+        .health = r->gw->health,
+        .now_ms = tg_wall_ms(),
+    };
+    if (tg_route_plan_build(&r->gw->cfg, &r->cat->cat, model,
+                            json_object_get(r->client_json, "provider"), &hints, &r->plan,
                             &r->error) != TG_OK) {
         reject(r);
         goto sync_error;
     }
-    r->cand = 0;
-    tg_stream_state_init(&r->st, r->plan.model_out, r->want_usage);
-    if (build_attempt(r) != TG_OK) {
-        tg_error_set(&r->error, 500, TG_SRC_GATEWAY, "server_error", NULL, NULL,
-                     "tollgate could not build the upstream request (out of memory)");
+    r->cand = admitted_candidate(r, 0);
+    if (r->cand == r->plan.n) {
+        /* every breaker is open or its one half-open probe is out */
+        tg_error_set(&r->error, 503, TG_SRC_PROVIDER, "service_unavailable", "model",
+                     "circuit_open", "every provider of %s is failing right now (circuit "
+                     "breaker open); retry in a few seconds", r->plan.model_out);
+        r->cand = 0;
+        reject(r);
         goto sync_error;
     }
-    entry_for_attempt(r);
 
     /* Suspend before the reserve is queued: its acknowledgement may race to the resume. */
     pthread_mutex_lock(&r->mu);
-    tg_request_set_state(r, TG_RS_ROUTED);
     tg_request_sleep_locked(r);
     pthread_mutex_unlock(&r->mu);
-    tg_request_ref(r);   /* the ledger operation's reference */
-    if (tg_ledger_insert(r->gw->ledger, &r->le, on_reserved, r) != TG_OK) {
-        tg_request_unref(r);
-        pthread_mutex_lock(&r->mu);
-        tg_error_set(&r->error, 503, TG_SRC_GATEWAY, "service_unavailable", NULL,
-                     "ledger_unavailable", "the ledger is overloaded; retry shortly");
-        r->resp_status = 503;
-        r->resp_ready = true;
-        tg_request_wake_locked(r);
-        pthread_mutex_unlock(&r->mu);
-    }
+    r->next_delay_ms = 0;
+    start_attempt(r);
     return TG_OK;
 
 sync_error:
@@ -345,52 +293,53 @@ static void on_reserved(void *ud, int st, int64_t row_id)
     struct tg_request *r = ud;
     r->row_id = row_id;
     if (st != TG_OK) {
-        pthread_mutex_lock(&r->mu);
         tg_error_set(&r->error, 503, TG_SRC_GATEWAY, "service_unavailable", NULL,
                      "ledger_unavailable",
                      "the ledger could not record the request, so it was not sent upstream");
-        r->resp_status = 503;
-        r->resp_ready = true;
-        tg_request_wake_locked(r);
-        pthread_mutex_unlock(&r->mu);
+        answer_error(r);
         tg_request_unref(r);
         return;
     }
     pthread_mutex_lock(&r->mu);
     tg_request_set_state(r, TG_RS_RESERVED);
     pthread_mutex_unlock(&r->mu);
-    if (tg_engine_start(r->gw->engine, r) != TG_OK)
+    if (tg_engine_start(r->gw->engine, r, r->next_delay_ms) != TG_OK)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);   /* shutting down */
     tg_request_unref(r);
 }
 
-/* Append bytes for the streaming client and wake its connection. r->mu held. */
-static int emit_locked(struct tg_request *r, const char *s, size_t n)
+/* After a failed attempt's row is durable: move on to the next attempt, if there is one. */
+static bool advance(struct tg_request *r)
 {
-    int rc = tg_buf_append(&r->out, s, n);
-    r->stream_started = true;
-    tg_request_wake_locked(r);
-    return rc;
-}
-
-static void emit_json_event_locked(struct tg_request *r, json_t *obj)
-{
-    char *s = json_dumps(obj, JSON_COMPACT);
-    if (!s)
-        return;
-    if (emit_locked(r, "data: ", 6) != TG_OK || emit_locked(r, s, strlen(s)) != TG_OK ||
-        emit_locked(r, "\n\n", 2) != TG_OK)
-        tg_warn("request %s: stream buffer append failed", r->request_id);
-    free(s);
+    if (r->next_action == NEXT_CANDIDATE) {
+        size_t next = admitted_candidate(r, r->cand + 1);
+        if (next == r->plan.n)
+            return false;
+        tg_info("request %s: %s failed (%s); trying %s", r->request_id,
+                r->plan.c[r->cand].pc->name, r->le.error_type, r->plan.c[next].pc->name);
+        r->cand = next;
+        r->tries_on_cand = 0;
+    } else {
+        tg_info("request %s: %s failed (%s); retry %d in %lld ms", r->request_id,
+                r->plan.c[r->cand].pc->name, r->le.error_type, r->tries_on_cand,
+                (long long)r->next_delay_ms);
+    }
+    r->next_action = NEXT_FINISH;
+    start_attempt(r);
+    return true;
 }
 
 static void on_settled(void *ud, int st, int64_t row_id)
 {
     struct tg_request *r = ud;
+    if (st == TG_OK && r->next_action != NEXT_FINISH && advance(r)) {
+        tg_request_unref(r);
+        return;
+    }
     pthread_mutex_lock(&r->mu);
     if (st != TG_OK) {
         /* never hand out an answer the ledger does not hold */
-        tg_error(" request %s: settlement failed (%s); answer withheld", r->request_id,
+        tg_error("request %s: settlement failed (%s); answer withheld", r->request_id,
                  tg_status_str(st));
         json_decref(r->resp_json);
         r->resp_json = NULL;
@@ -401,7 +350,7 @@ static void on_settled(void *ud, int st, int64_t row_id)
     tg_request_set_state(r, r->client_gone ? TG_RS_DONE : TG_RS_SETTLED);
     if (r->stream_started) {
         if (r->resp_status >= 400) {
-            emit_json_event_locked(r, r->error.body);
+            tg_chat_emit_json_locked(r, r->error.body);
         } else if (r->want_usage && r->le.prompt_tokens >= 0) {
             /* the usage chunk OpenAI sends when asked: empty choices, then [DONE] */
             json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:{s:I, s:I, s:I}}", "id",
@@ -416,11 +365,11 @@ static void on_settled(void *ud, int st, int64_t row_id)
                     json_object_set_new(json_object_get(u, "usage"), "prompt_tokens_details",
                                         json_pack("{s:I}", "cached_tokens",
                                                   (json_int_t)r->le.cached_tokens));
-                emit_json_event_locked(r, u);
+                tg_chat_emit_json_locked(r, u);
                 json_decref(u);
             }
         }
-        if (emit_locked(r, "data: [DONE]\n\n", 14) != TG_OK)
+        if (tg_chat_emit_locked(r, "data: [DONE]\n\n", 14) != TG_OK)
             tg_warn("request %s: stream buffer append failed", r->request_id);
         r->out_eof = true;
     }
@@ -430,103 +379,7 @@ static void on_settled(void *ud, int st, int64_t row_id)
     tg_request_unref(r);
 }
 
-/* ---- engine hooks (engine thread) ---------------------------------------------------- */
-
-size_t tg_chat_on_header(struct tg_request *r, const char *buf, size_t n)
-{
-    const struct tg_candidate *c = &r->plan.c[r->cand];
-    if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
-        /* a new status line (also after a 100 Continue): start over */
-        const char *sp = memchr(buf, ' ', n);
-        r->up_status = sp ? strtol(sp + 1, NULL, 10) : 0;
-        r->up_is_sse = false;
-        memset(&r->meta, 0, sizeof r->meta);
-        r->meta.retry_after_s = -1;
-        return n;
-    }
-    const char *colon = memchr(buf, ':', n);
-    if (!colon)
-        return n;
-    char name[64], value[256];
-    size_t nl = (size_t)(colon - buf);
-    if (nl == 0 || nl >= sizeof name)
-        return n;
-    for (size_t i = 0; i < nl; i++)
-        name[i] = (char)tolower((unsigned char)buf[i]);
-    name[nl] = '\0';
-    const char *v = colon + 1, *end = buf + n;
-    while (v < end && (*v == ' ' || *v == '\t'))
-        v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
-        end--;
-    size_t vl = (size_t)(end - v);
-    if (vl >= sizeof value)
-        vl = sizeof value - 1;
-    memcpy(value, v, vl);
-    value[vl] = '\0';
-    if (strcmp(name, "content-type") == 0)
-        r->up_is_sse = strncasecmp(value, "text/event-stream", 17) == 0;
-    c->pc->impl->ops->on_header(c->pc, name, value, &r->meta);
-    return n;
-}
-
-static int on_sse_event(void *ud, const char *event, const char *data, size_t len)
-{
-    struct tg_request *r = ud;
-    const struct tg_candidate *c = &r->plan.c[r->cand];
-    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
-        r->st.saw_done = true;
-        return TG_OK;
-    }
-    json_t *chunk = json_loadb(data, len, 0, NULL);
-    if (strcmp(event, "error") == 0 || !chunk) {
-        json_decref(r->st.error);
-        r->st.error = chunk ? tg_error_normalize(chunk, 502, "the provider reported an error")
-                            : tg_error_object("the provider sent a malformed stream event",
-                                              "upstream_error", NULL, "bad_response");
-        json_decref(chunk);
-        return TG_ERR_PARSE;
-    }
-    int rc = c->pc->impl->ops->translate_chunk(c->pc, &chunk, &r->st);
-    if (rc == TG_OK) {
-        pthread_mutex_lock(&r->mu);
-        emit_json_event_locked(r, chunk);
-        pthread_mutex_unlock(&r->mu);
-    }
-    json_decref(chunk);
-    if (r->st.error)
-        return TG_ERR_PARSE;
-    return rc == TG_DONE ? TG_OK : rc;
-}
-
-size_t tg_chat_on_data(struct tg_request *r, const char *buf, size_t n)
-{
-    if (!r->t_first_byte_us)
-        r->t_first_byte_us = tg_now_us();
-    bool relay = r->stream && r->up_is_sse && r->up_status >= 200 && r->up_status < 300;
-    if (!relay)
-        return tg_buf_append(&r->up_resp, buf, n) == TG_OK ? n : 0;
-
-    pthread_mutex_lock(&r->mu);
-    bool full = r->out.len - r->out_off > TG_STREAM_OUT_HIGH_WATER;
-    if (full)
-        r->unpause_wanted = true;
-    pthread_mutex_unlock(&r->mu);
-    if (full) {
-        r->paused = true;   /* the HTTP side unpauses us once the client drained */
-        return CURL_WRITEFUNC_PAUSE;
-    }
-    int rc = tg_sse_feed(&r->sse, buf, n, on_sse_event, r);
-    if (rc != TG_OK) {
-        if (!r->st.error)
-            r->st.error = tg_error_object(rc == TG_ERR_LIMIT
-                                              ? "the provider sent a stream event over the size limit"
-                                              : "the provider's stream could not be parsed",
-                                          "upstream_error", NULL, "bad_response");
-        return 0;   /* abort the transfer: the stream is finished with an error event */
-    }
-    return n;
-}
+/* ---- the end of an attempt (engine thread) ------------------------------------------ */
 
 /* Fill the ledger entry's usage, cost and outcome. */
 static void account(struct tg_request *r, const struct tg_usage *u, int64_t content_chars,
@@ -590,6 +443,45 @@ static int64_t message_chars(const json_t *resp)
     return n;
 }
 
+/* Decide what follows a failed attempt (retry here, next candidate, or answer). */
+static void plan_next(struct tg_request *r, enum tg_fault fault)
+{
+    const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
+    r->next_action = NEXT_FINISH;
+    r->next_delay_ms = 0;
+    if (r->stream_started || r->attempts >= r->gw->cfg.max_attempts_total)
+        return;   /* bytes reached the client, or the request's attempt budget is spent */
+    switch (fault) {
+    case TG_FAULT_CONNECT:
+    case TG_FAULT_TIMEOUT:
+    case TG_FAULT_RATE_LIMITED:
+    case TG_FAULT_UPSTREAM_5XX:
+    case TG_FAULT_BAD_RESPONSE:
+        if (r->tries_on_cand < pc->max_attempts) {
+            bool too_long;
+            uint32_t rnd = 0;
+            if (RAND_bytes((unsigned char *)&rnd, sizeof rnd) != 1)
+                rnd = (uint32_t)tg_now_us();
+            int64_t d = tg_retry_delay_ms(r->tries_on_cand, pc->backoff_base_ms,
+                                          pc->backoff_max_ms, r->meta.retry_after_s,
+                                          pc->retry_after_cap_ms, rnd, &too_long);
+            if (!too_long) {
+                r->next_action = NEXT_RETRY_SAME;
+                r->next_delay_ms = d;
+                return;
+            }
+        }
+        r->next_action = NEXT_CANDIDATE;
+        return;
+    case TG_FAULT_AUTH:
+        /* our key for this provider is refused: never again here, maybe elsewhere */
+        r->next_action = NEXT_CANDIDATE;
+        return;
+    default:
+        return;   /* caller errors are the caller's; a gone client needs nothing */
+    }
+}
+
 void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
 {
     const struct tg_candidate *c = &r->plan.c[r->cand];
@@ -600,15 +492,17 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
     enum tg_fault fault = TG_FAULT_NONE;
     struct tg_usage u = {.present = false, .cached_tokens = -1};
     int64_t chars = 0;
+    long long now = tg_now_us();
 
-    if (relayed && r->st.usage.present)
-        u = r->st.usage;
-    if (relayed && !r->st.error && rc == CURLE_OK &&
-        tg_sse_finish(&r->sse, on_sse_event, r) != TG_OK && !r->st.error)
+    if (relayed && !r->st.error && rc == CURLE_OK && tg_chat_sse_finish(r) != TG_OK &&
+        !r->st.error)
         r->st.error = tg_error_object("the provider's stream ended inside an event",
                                       "upstream_error", NULL, "bad_response");
-    if (relayed)
-        u = r->st.usage.present ? r->st.usage : u, chars = r->st.content_chars;
+    if (relayed) {
+        if (r->st.usage.present)
+            u = r->st.usage;
+        chars = r->st.content_chars;
+    }
 
     r->resp_status = 200;
     if (cancelled) {
@@ -616,6 +510,16 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         r->resp_status = 499;   /* nginx's "client closed request": nobody reads this */
         tg_error_set(&r->error, 499, TG_SRC_CALLER, "client_closed", NULL, NULL,
                      "the client closed the connection");
+    } else if (r->timeout_kind) {
+        fault = TG_FAULT_TIMEOUT;
+        if (r->timeout_kind == 1)
+            fail_with(r, 504, "timeout_error", "upstream_timeout",
+                      "%s did not start answering within %ld ms", c->pc->name,
+                      c->pc->first_byte_timeout_ms);
+        else
+            fail_with(r, 504, "timeout_error", "upstream_idle_timeout",
+                      "%s went silent for %ld ms in the middle of its answer", c->pc->name,
+                      c->pc->idle_timeout_ms);
     } else if (relayed && r->st.error) {
         fault = TG_FAULT_BAD_RESPONSE;
         tg_error_take(&r->error, 502, TG_SRC_PROVIDER, json_incref(r->st.error));
@@ -624,17 +528,18 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         if (rc == CURLE_OPERATION_TIMEDOUT) {
             fault = TG_FAULT_TIMEOUT;
             fail_with(r, 504, "timeout_error", "upstream_timeout",
-                      "%s did not answer in time (limit %ld ms)", c->pc->name,
+                      "%s did not finish in time (limit %ld ms)", c->pc->name,
                       r->stream ? c->pc->stream_timeout_ms : c->pc->timeout_ms);
         } else if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
                    rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION) {
             fault = TG_FAULT_CONNECT;
             fail_with(r, 502, "upstream_error", "upstream_unreachable",
-                      "could not connect to provider %s", c->pc->name);
+                      "could not connect to provider %s (%s)", c->pc->name,
+                      curl_easy_strerror(rc));
         } else if (rc == CURLE_ABORTED_BY_CALLBACK) {
             fault = TG_FAULT_CONNECT;
             fail_with(r, 503, "service_unavailable", "shutting_down",
-                      "tollgate is shutting down; request to %s abandoned", c->pc->name);
+                      "tollgate is shutting down; the request to %s was abandoned", c->pc->name);
         } else if (relayed) {
             fault = TG_FAULT_BAD_RESPONSE;
             fail_with(r, 502, "upstream_error", "upstream_truncated",
@@ -668,10 +573,8 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
             json_object_set_new(json_object_get(eb, "error"), "code",
                                 json_string("provider_auth_failed"));
         }
-        if (fault == TG_FAULT_RATE_LIMITED && status != 429) {
-            /* Groq's 498 (flex capacity) is not a status OpenAI clients know: say 429 */
-            status = 429;
-        }
+        if (fault == TG_FAULT_RATE_LIMITED && status != 429)
+            status = 429;   /* Groq's 498 (flex capacity) is not a status clients know */
         if (status < 400 || status > 599)
             status = 502;
         tg_error_take(&r->error, status,
@@ -694,14 +597,14 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         }
     }
 
-    /* the ledger row */
+    /* the attempt's ledger row */
     bool generated = relayed ? (chars > 0 || r->st.saw_finish) : r->resp_json != NULL;
     account(r, &u, chars, generated);
     e->status = fault == TG_FAULT_NONE ? TG_ROW_BILLED : TG_ROW_FAILED;
     e->http_status = r->resp_status;
     e->client_disconnected = cancelled;
-    e->ttfb_us = r->t_first_byte_us ? r->t_first_byte_us - r->t_start_us : -1;
-    e->duration_us = tg_now_us() - r->t_start_us;
+    e->ttfb_us = r->t_first_byte_us ? r->t_first_byte_us - r->t_attempt_us : -1;
+    e->duration_us = now - (r->t_attempt_us ? r->t_attempt_us : r->t_start_us);
     const char *uid = r->meta.request_id[0] ? r->meta.request_id : r->st.upstream_id;
     snprintf(e->upstream_request_id, sizeof e->upstream_request_id, "%s", uid);
     if (fault != TG_FAULT_NONE) {
@@ -710,6 +613,14 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         snprintf(e->error_type, sizeof e->error_type, "%s",
                  fault == TG_FAULT_CALLER && type ? type : tg_fault_name(fault));
     }
+
+    /* what the breaker and :fastest learn; caller mistakes and departures teach nothing */
+    if (fault != TG_FAULT_CALLER && fault != TG_FAULT_CLIENT_GONE && r->t_attempt_us &&
+        !(rc == CURLE_ABORTED_BY_CALLBACK && !r->timeout_kind))
+        tg_health_record(r->gw->health, c->pc->name, c->upstream_model, fault != TG_FAULT_NONE,
+                         tg_wall_ms(), e->ttfb_us, e->duration_us,
+                         e->completion_tokens > 0 ? e->completion_tokens : 0);
+    plan_next(r, fault);
     settle(r);
 }
 

@@ -6,10 +6,20 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <curl/curl.h>
+#include <jansson.h>
 #include "tollgate/status.h"
 
 struct tg_request;
+struct tg_error;
+
+/* Check the body's shape and field types; on failure fill err (400 naming the field).
+ * Returns TG_OK or TG_ERR_PARSE. (chat_validate.c) */
+int tg_chat_validate(json_t *body, struct tg_error *err) TG_WUR;
+
+/* Rough prompt size in tokens: 4 characters a token, a nominal 800 per image part. */
+int64_t tg_chat_estimate_prompt(const json_t *msgs);
 
 /* HTTP thread, body complete. TG_OK: the request went asynchronous and the connection is
  * suspended; it is resumed when r->resp_ready or r->stream_started. TG_DONE: r->resp_* is
@@ -21,6 +31,15 @@ int tg_chat_begin(struct tg_request *r);
 size_t tg_chat_on_header(struct tg_request *r, const char *buf, size_t n);
 size_t tg_chat_on_data(struct tg_request *r, const char *buf, size_t n);
 void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled);
+
+/* Append bytes / one "data: <json>" event for the streaming client and wake its
+ * connection; marks the stream started. r->mu held. (chat_relay.c) */
+int tg_chat_emit_locked(struct tg_request *r, const char *s, size_t n);
+void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj);
+
+/* Engine thread, transfer ended cleanly: flush the SSE parser (a last event without its
+ * blank line). Returns tg_sse_finish's status. */
+int tg_chat_sse_finish(struct tg_request *r);
 
 /* HTTP thread: the request ended on the client side (completed callback). ok: the full
  * response was sent. Drops the HTTP layer's reference. */

@@ -98,6 +98,7 @@ int tg_cli_serve(int argc, char **argv)
     gw = calloc(1, sizeof *gw);
     if (!gw)
         return 1;
+    pthread_mutex_init(&gw->cat_mu, NULL);
     if (tg_config_load(&gw->cfg, config_path, err, sizeof err) != TG_OK) {
         fprintf(stderr, "tollgate: %s\n", err);
         goto out;
@@ -127,8 +128,13 @@ int tg_cli_serve(int argc, char **argv)
         goto out;
     }
     tg_log_set_level(lvl);
-    if (tg_catalog_load(&gw->cat, gw->cfg.catalog_path, err, sizeof err) != TG_OK) {
+    if (tg_gateway_load_catalog(gw, err, sizeof err) != TG_OK) {
         fprintf(stderr, "tollgate: %s\n", err);
+        goto out;
+    }
+    gw->health = tg_health_new(&gw->cfg.breaker);
+    if (!gw->health) {
+        fprintf(stderr, "tollgate: out of memory\n");
         goto out;
     }
 
@@ -136,6 +142,7 @@ int tg_cli_serve(int argc, char **argv)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
@@ -166,13 +173,23 @@ int tg_cli_serve(int argc, char **argv)
     log_providers(&gw->cfg);
     tg_info("tollgate listening on http://%s:%u (catalog %s: %zu models, price book %s; "
             "ledger %s)", gw->cfg.listen_host, gw->port, gw->cfg.catalog_path,
-            gw->cat.n_models, gw->cat.version, gw->cfg.ledger_path);
+            gw->cat->cat.n_models, gw->cat->cat.version, gw->cfg.ledger_path);
     if (port_file && write_port_file(port_file, gw->port) != TG_OK)
         tg_warn("cannot write the port file %s", port_file);
 
     int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig != SIGHUP)
+            break;
+        /* SIGHUP: reload the price book; requests in flight keep the one they started with */
+        if (tg_gateway_load_catalog(gw, err, sizeof err) == TG_OK)
+            tg_info("catalog reloaded from %s: price book %s", gw->cfg.catalog_path,
+                    gw->cat->cat.version);
+        else
+            tg_error("catalog reload failed, keeping the current one: %s", err);
+    }
     tg_info("signal %d: shutting down", sig);
     rc = 0;
 
@@ -191,8 +208,10 @@ out_ledger:
 out_curl:
     curl_global_cleanup();
 out:
-    tg_catalog_cleanup(&gw->cat);
+    tg_catalog_snap_release(gw->cat);
+    tg_health_free(gw->health);
     tg_config_cleanup(&gw->cfg);
+    pthread_mutex_destroy(&gw->cat_mu);
     free(gw);
     return rc;
 }

@@ -194,6 +194,23 @@ static int parse_provider(struct tg_provider_conf *pc, const char *name, json_t 
     if ((rc = get_long(obj, "stream_timeout_ms", 600000, 1, 24 * 3600000L,
                        &pc->stream_timeout_ms, where, err, errlen)))
         goto out;
+    if ((rc = get_long(obj, "first_byte_timeout_ms", pc->timeout_ms, 1, 3600000,
+                       &pc->first_byte_timeout_ms, where, err, errlen)))
+        goto out;
+    if ((rc = get_long(obj, "idle_timeout_ms", 60000, 1, 3600000, &pc->idle_timeout_ms, where,
+                       err, errlen)))
+        goto out;
+    if ((rc = get_long(obj, "max_attempts", 2, 1, 10, &pc->max_attempts, where, err, errlen)))
+        goto out;
+    if ((rc = get_long(obj, "backoff_base_ms", 100, 1, 60000, &pc->backoff_base_ms, where, err,
+                       errlen)))
+        goto out;
+    if ((rc = get_long(obj, "backoff_max_ms", 2000, 1, 600000, &pc->backoff_max_ms, where, err,
+                       errlen)))
+        goto out;
+    if ((rc = get_long(obj, "retry_after_cap_ms", 5000, 0, 600000, &pc->retry_after_cap_ms,
+                       where, err, errlen)))
+        goto out;
     rc = TG_OK;
 out:
     free(raw);
@@ -303,6 +320,41 @@ int tg_config_parse(struct tg_config *cfg, const char *text, const char *path, c
     } else {
         for (size_t i = 0; i < cfg->n_providers; i++)
             cfg->default_order[cfg->n_default_order++] = &cfg->providers[i];
+    }
+    if ((rc = get_long(routing, "max_attempts_total", 4, 1, 32, &cfg->max_attempts_total,
+                       "routing.", err, errlen)))
+        goto out;
+    rc = TG_ERR_PARSE;
+    json_t *fb = json_object_get(routing, "fallback_for_named_provider");
+    if (fb && !json_is_boolean(fb))
+        FAIL("routing.fallback_for_named_provider must be true or false");
+    cfg->fallback_for_named = json_is_true(fb);
+    json_t *fastest = json_object_get(routing, "fastest");
+    if (fastest && !json_is_object(fastest))
+        FAIL("routing.fastest must be an object");
+    if ((rc = get_long(fastest, "min_samples", 2, 0, 1000, &cfg->fastest_min_samples,
+                       "routing.fastest.", err, errlen)) ||
+        (rc = get_long(fastest, "stale_ms", 300000, 1000, 86400000L, &cfg->fastest_stale_ms,
+                       "routing.fastest.", err, errlen)))
+        goto out;
+    rc = TG_ERR_PARSE;
+    json_t *br = json_object_get(routing, "breaker");
+    if (br && !json_is_object(br))
+        FAIL("routing.breaker must be an object");
+    tg_breaker_conf_defaults(&cfg->breaker);
+    struct { const char *key; int *dst; long min, max; } bk[] = {
+        {"consecutive_failures", &cfg->breaker.consecutive_failures, 1, 1000},
+        {"window_ms", &cfg->breaker.window_ms, 1000, 3600000},
+        {"window_min_requests", &cfg->breaker.window_min_requests, 1, 64},
+        {"failure_rate_pct", &cfg->breaker.failure_rate_pct, 1, 100},
+        {"cooldown_ms", &cfg->breaker.cooldown_ms, 1, 3600000},
+    };
+    for (size_t i = 0; i < sizeof bk / sizeof bk[0]; i++) {
+        long v;
+        if ((rc = get_long(br, bk[i].key, *bk[i].dst, bk[i].min, bk[i].max, &v,
+                           "routing.breaker.", err, errlen)))
+            goto out;
+        *bk[i].dst = (int)v;
     }
     rc = TG_OK;
 out:

@@ -14,6 +14,7 @@
 
 #include "chat.h"
 #include "gateway.h"
+#include "json_util.h"
 #include "request.h"
 #include "tollgate/log.h"
 
@@ -22,6 +23,7 @@ enum op_kind { OP_START, OP_CANCEL, OP_UNPAUSE };
 struct op {
     enum op_kind kind;
     struct tg_request *r;   /* holds a reference */
+    long long due_us;       /* OP_START: not before this (monotonic), 0 = now */
     struct op *next;
 };
 
@@ -33,15 +35,17 @@ struct tg_engine {
     bool stopping;               /* guarded by mu */
     atomic_long active;
     struct tg_request *running;  /* engine thread only: transfers in the multi handle */
+    struct op *delayed;          /* engine thread only: starts waiting for their time, by due */
 };
 
-static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r)
+static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r, int64_t delay_ms)
 {
     struct op *o = malloc(sizeof *o);
     if (!o)
         return TG_ERR_NOMEM;
     o->kind = kind;
     o->r = r;
+    o->due_us = delay_ms > 0 ? tg_now_us() + delay_ms * 1000 : 0;
     o->next = NULL;
     pthread_mutex_lock(&e->mu);
     if (e->stopping && kind == OP_START) {
@@ -60,17 +64,20 @@ static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r)
     return TG_OK;
 }
 
-int tg_engine_start(struct tg_engine *e, struct tg_request *r) { return enqueue(e, OP_START, r); }
+int tg_engine_start(struct tg_engine *e, struct tg_request *r, int64_t delay_ms)
+{
+    return enqueue(e, OP_START, r, delay_ms);
+}
 
 void tg_engine_cancel(struct tg_engine *e, struct tg_request *r)
 {
-    if (enqueue(e, OP_CANCEL, r) != TG_OK)
+    if (enqueue(e, OP_CANCEL, r, 0) != TG_OK)
         tg_error("engine: cannot queue a cancel for %s (out of memory)", r->request_id);
 }
 
 void tg_engine_unpause(struct tg_engine *e, struct tg_request *r)
 {
-    if (enqueue(e, OP_UNPAUSE, r) != TG_OK)
+    if (enqueue(e, OP_UNPAUSE, r, 0) != TG_OK)
         tg_error("engine: cannot queue an unpause for %s (out of memory)", r->request_id);
 }
 
@@ -84,6 +91,26 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 static size_t on_write(char *buf, size_t size, size_t n, void *ud)
 {
     return tg_chat_on_data(ud, buf, size * n);
+}
+
+/* libcurl calls this at least about once a second per transfer: the place to enforce the
+ * first-byte and idle timeouts, which curl has no option for. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    struct tg_request *r = ud;
+    const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
+    long long now = tg_now_us();
+    if (!r->t_resp_start_us) {
+        if (now - r->t_attempt_us > (long long)pc->first_byte_timeout_ms * 1000) {
+            r->timeout_kind = 1;
+            return 1;
+        }
+    } else if (!r->paused && now - r->t_last_rx_us > (long long)pc->idle_timeout_ms * 1000) {
+        r->timeout_kind = 2;
+        return 1;
+    }
+    return 0;
 }
 
 /* Set up and add r's transfer; on failure finish it at once. */
@@ -112,6 +139,9 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, r);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -122,6 +152,10 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     r->easy = h;
+    r->t_attempt_us = tg_now_us();
+    pthread_mutex_lock(&r->mu);
+    tg_request_set_state(r, TG_RS_UPSTREAM);
+    pthread_mutex_unlock(&r->mu);
     if (curl_multi_add_handle(e->multi, h) != CURLM_OK) {
         r->easy = NULL;
         curl_easy_cleanup(h);
@@ -168,10 +202,20 @@ static void run_ops(struct tg_engine *e, bool final)
         struct tg_request *r = o->r;
         switch (o->kind) {
         case OP_START:
-            if (final)
+            if (final) {
                 tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);
-            else
+            } else if (o->due_us > tg_now_us()) {
+                /* backoff: park it, sorted by due time; keeps its reference */
+                struct op **pp = &e->delayed;
+                while (*pp && (*pp)->due_us <= o->due_us)
+                    pp = &(*pp)->next;
+                o->next = *pp;
+                *pp = o;
+                o = next;
+                continue;
+            } else {
                 start_transfer(e, r);
+            }
             break;
         case OP_CANCEL:
             if (r->easy)
@@ -190,11 +234,29 @@ static void run_ops(struct tg_engine *e, bool final)
     }
 }
 
+/* Start parked attempts whose time has come; returns ms until the next one (or 1000). */
+static int run_delayed(struct tg_engine *e)
+{
+    long long now = tg_now_us();
+    while (e->delayed && e->delayed->due_us <= now) {
+        struct op *o = e->delayed;
+        e->delayed = o->next;
+        start_transfer(e, o->r);
+        tg_request_unref(o->r);
+        free(o);
+    }
+    if (!e->delayed)
+        return 1000;
+    long long ms = (e->delayed->due_us - now + 999) / 1000;
+    return ms < 1000 ? (int)ms : 1000;
+}
+
 static void *engine_main(void *arg)
 {
     struct tg_engine *e = arg;
     for (;;) {
         run_ops(e, false);
+        int wait_ms = run_delayed(e);
         pthread_mutex_lock(&e->mu);
         bool stopping = e->stopping;
         pthread_mutex_unlock(&e->mu);
@@ -213,11 +275,18 @@ static void *engine_main(void *arg)
             finish_transfer(e, r, rc, false);
         }
         /* sleeps until a socket is ready, a timeout is due, or curl_multi_wakeup */
-        curl_multi_poll(e->multi, NULL, 0, 1000, NULL);
+        curl_multi_poll(e->multi, NULL, 0, wait_ms, NULL);
     }
     /* stopping: abort what still runs; each settles as cancelled by shutdown */
     while (e->running)
         finish_transfer(e, e->running, CURLE_ABORTED_BY_CALLBACK, false);
+    while (e->delayed) {
+        struct op *o = e->delayed;
+        e->delayed = o->next;
+        tg_chat_on_done(o->r, CURLE_ABORTED_BY_CALLBACK, false);
+        tg_request_unref(o->r);
+        free(o);
+    }
     run_ops(e, true);
     return NULL;
 }

@@ -5,6 +5,7 @@
 #define TOLLGATE_ENGINE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "tollgate/status.h"
 
 struct tg_engine;
@@ -17,9 +18,10 @@ struct tg_engine *tg_engine_new(char *err, size_t errlen);
  * tg_chat_on_done(..., cancelled=true)), join the thread, free. NULL is ok. */
 void tg_engine_free(struct tg_engine *e);
 
-/* Queue an attempt for r (r->up_url, r->up_body, r->up_headers ready). The engine takes its
- * own reference. Any thread. TG_ERR_STATE when the engine is stopping. */
-int tg_engine_start(struct tg_engine *e, struct tg_request *r) TG_WUR;
+/* Queue an attempt for r (r->up_url, r->up_body, r->up_headers ready), to start after
+ * delay_ms (0 = now; backoff before a retry). The engine takes its own reference. Any
+ * thread. TG_ERR_STATE when the engine is stopping. */
+int tg_engine_start(struct tg_engine *e, struct tg_request *r, int64_t delay_ms) TG_WUR;
 
 /* Abort r's transfer if it is running (the client went away). Any thread. */
 void tg_engine_cancel(struct tg_engine *e, struct tg_request *r);

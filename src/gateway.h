@@ -9,12 +9,24 @@
 #include "tollgate/config.h"
 #include "tollgate/ledger.h"
 
+#include <pthread.h>
+#include "tollgate/health.h"
+
 struct tg_engine;
 struct MHD_Daemon;
 
+/* One loaded price book. Requests keep a reference to the snapshot they were routed with,
+ * so a reload (SIGHUP) never changes the prices of a request already in flight. */
+struct tg_catalog_snap {
+    atomic_int refs;
+    struct tg_catalog cat;
+};
+
 struct tg_gateway {
     struct tg_config cfg;
-    struct tg_catalog cat;
+    pthread_mutex_t cat_mu;         /* guards the cat pointer, not its (immutable) content */
+    struct tg_catalog_snap *cat;
+    struct tg_health *health;
     struct tg_ledger *ledger;
     struct tg_engine *engine;
     struct MHD_Daemon *mhd;
@@ -22,5 +34,13 @@ struct tg_gateway {
     atomic_llong requests_total;    /* chat requests seen */
     atomic_int inflight;            /* chat requests alive (for a clean shutdown) */
 };
+
+/* Load the catalog at cfg.catalog_path and make it current. Returns TG_OK or an error
+ * with a message; the previous catalog stays current on failure. */
+int tg_gateway_load_catalog(struct tg_gateway *gw, char *err, size_t errlen) TG_WUR;
+
+/* The current catalog with a reference taken; release with tg_catalog_snap_release. */
+struct tg_catalog_snap *tg_gateway_catalog(struct tg_gateway *gw);
+void tg_catalog_snap_release(struct tg_catalog_snap *s);
 
 #endif

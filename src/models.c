@@ -8,6 +8,7 @@
 
 #include "gateway.h"
 #include "server.h"
+#include "json_util.h"
 #include "tollgate/money.h"
 #include "tollgate/provider.h"
 
@@ -18,15 +19,28 @@ static json_t *price_number(int64_t nano)
     return json_real((double)nano / 1e9);
 }
 
-static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_model *m,
-                              const struct tg_offer *o, const struct tg_provider_conf *pc)
+static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_catalog *cat,
+                              const struct tg_model *m, const struct tg_offer *o,
+                              const struct tg_provider_conf *pc)
 {
-    json_t *p = json_pack("{s:s, s:s, s:s}", "provider", pc->name, "model", o->model, "status",
-                          pc->usable ? "live" : "error");
+    struct tg_health_stats hs;
+    tg_health_get(gw->health, pc->name, o->model, tg_wall_ms(), &hs);
+    /* HF's status is live|error; the breaker's own state says why */
+    bool live = pc->usable && hs.state != TG_BREAKER_OPEN;
+    json_t *p = json_pack("{s:s, s:s, s:s, s:s}", "provider", pc->name, "model", o->model,
+                          "status", live ? "live" : "error", "breaker",
+                          tg_breaker_state_name(hs.state));
     if (!p)
         return NULL;
     if (!pc->usable)
         json_object_set_new(p, "status_detail", json_string("provider has no API key configured"));
+    else if (hs.state == TG_BREAKER_OPEN)
+        json_object_set_new(p, "status_detail",
+                            json_string("circuit breaker open after repeated failures"));
+    if (hs.samples > 0) {
+        json_object_set_new(p, "throughput", json_real(hs.tokens_per_s));
+        json_object_set_new(p, "first_token_latency_ms", json_real(hs.ttfb_ms));
+    }
     if (o->context_length)
         json_object_set_new(p, "context_length", json_integer(o->context_length));
     if (o->max_output)
@@ -41,7 +55,7 @@ static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_model
             json_pack("{s:s, s:s, s:s}", "input",
                       tg_usd_format_short(o->input_nano_per_mtok, in, sizeof in), "output",
                       tg_usd_format_short(o->output_nano_per_mtok, out, sizeof out), "version",
-                      gw->cat.version));
+                      cat->version));
     } else {
         json_object_set_new(p, "pricing", json_null());
     }
@@ -53,12 +67,13 @@ static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_model
     return p;
 }
 
-static json_t *model_entry(const struct tg_gateway *gw, const struct tg_model *m)
+static json_t *model_entry(const struct tg_gateway *gw, const struct tg_catalog *cat,
+                           const struct tg_model *m)
 {
     json_t *mods = (m->caps & TG_CAP_VISION) ? json_pack("[s, s]", "text", "image")
                                              : json_pack("[s]", "text");
     json_t *obj = json_pack("{s:s, s:s, s:I, s:s, s:{s:o, s:[s]}}", "id", m->id, "object",
-                            "model", (json_int_t)m->created, "owned_by", m->owned_by,
+                            "model", "created", (json_int_t)m->created, "owned_by", m->owned_by,
                             "architecture", "input_modalities", mods, "output_modalities",
                             "text");
     json_t *provs = json_array();
@@ -72,7 +87,7 @@ static json_t *model_entry(const struct tg_gateway *gw, const struct tg_model *m
     for (size_t i = 0; i < cfg->n_default_order; i++) {
         const struct tg_offer *o = tg_model_offer(m, cfg->default_order[i]->name);
         if (o)
-            json_array_append_new(provs, provider_entry(gw, m, o, cfg->default_order[i]));
+            json_array_append_new(provs, provider_entry(gw, cat, m, o, cfg->default_order[i]));
     }
     for (size_t i = 0; i < cfg->n_providers; i++) {
         bool listed = false;
@@ -80,27 +95,33 @@ static json_t *model_entry(const struct tg_gateway *gw, const struct tg_model *m
             listed |= cfg->default_order[j] == &cfg->providers[i];
         const struct tg_offer *o = tg_model_offer(m, cfg->providers[i].name);
         if (o && !listed)
-            json_array_append_new(provs, provider_entry(gw, m, o, &cfg->providers[i]));
+            json_array_append_new(provs, provider_entry(gw, cat, m, o, &cfg->providers[i]));
     }
     json_object_set_new(obj, "providers", provs);
     return obj;
 }
 
-json_t *tg_models_list(const struct tg_gateway *gw)
+json_t *tg_models_list(struct tg_gateway *gw)
 {
+    struct tg_catalog_snap *snap = tg_gateway_catalog(gw);
+    const struct tg_catalog *cat = &snap->cat;
     json_t *data = json_array();
-    for (size_t i = 0; data && i < gw->cat.n_models; i++) {
-        json_t *m = model_entry(gw, &gw->cat.models[i]);
+    for (size_t i = 0; data && i < cat->n_models; i++) {
+        json_t *m = model_entry(gw, cat, &cat->models[i]);
         if (m && json_array_size(json_object_get(m, "providers")) > 0)
             json_array_append_new(data, m);
         else
             json_decref(m);
     }
+    tg_catalog_snap_release(snap);
     return data ? json_pack("{s:s, s:o}", "object", "list", "data", data) : NULL;
 }
 
-json_t *tg_models_get(const struct tg_gateway *gw, const char *id)
+json_t *tg_models_get(struct tg_gateway *gw, const char *id)
 {
-    const struct tg_model *m = tg_catalog_find(&gw->cat, id);
-    return m ? model_entry(gw, m) : NULL;
+    struct tg_catalog_snap *snap = tg_gateway_catalog(gw);
+    const struct tg_model *m = tg_catalog_find(&snap->cat, id);
+    json_t *out = m ? model_entry(gw, &snap->cat, m) : NULL;
+    tg_catalog_snap_release(snap);
+    return out;
 }

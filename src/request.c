@@ -91,14 +91,15 @@ void tg_request_unref(struct tg_request *r)
     tg_sse_cleanup(&r->sse);
     tg_stream_state_cleanup(&r->st);
     pthread_mutex_destroy(&r->mu);
+    tg_catalog_snap_release(r->cat);
     atomic_fetch_sub(&r->gw->inflight, 1);
     free(r);
 }
 
 void tg_request_set_state(struct tg_request *r, enum tg_req_state s)
 {
-    /* forward only, except the retry edge UPSTREAM -> RESERVED before any client byte */
-    bool ok = s > r->state || (s == TG_RS_RESERVED && r->state == TG_RS_UPSTREAM);
+    /* forward, or the retry edge SETTLING -> ROUTED while no byte reached the client */
+    bool ok = s > r->state || (s == TG_RS_ROUTED && r->state == TG_RS_SETTLING);
     if (!ok && s != r->state)
         tg_warn("request %s: unexpected transition %s -> %s", r->request_id,
                 tg_req_state_name(r->state), tg_req_state_name(s));

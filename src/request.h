@@ -59,6 +59,11 @@ struct tg_request {
     bool want_usage;               /* stream_options.include_usage from the client */
     struct tg_route_plan plan;
     size_t cand;                   /* index of the candidate being tried */
+    int attempts;                  /* attempts started so far (ledger attempt number) */
+    int tries_on_cand;             /* attempts on the current candidate */
+    int next_action;               /* after this attempt settles: enum in chat.c */
+    int64_t next_delay_ms;         /* backoff before the next attempt */
+    struct tg_catalog_snap *cat;   /* price book this request was routed with (a reference) */
     char *up_body;                 /* serialized upstream body (owned) */
     size_t up_body_len;
     int64_t prompt_estimate;       /* tokens, from message text length */
@@ -73,7 +78,11 @@ struct tg_request {
     struct tg_sse_parser sse;
     struct tg_stream_state st;
     struct tg_upstream_meta meta;
-    long long t_first_byte_us;
+    long long t_attempt_us;        /* this attempt's start */
+    long long t_resp_start_us;     /* first response byte (status line) */
+    long long t_last_rx_us;        /* last byte received (idle timeout) */
+    long long t_first_byte_us;     /* first body byte (time to first token for streams) */
+    int timeout_kind;              /* 0, or which of our own timeouts aborted the transfer */
     bool paused;                   /* upstream paused by back-pressure */
     struct tg_request *eng_prev, *eng_next;   /* the engine's list of running transfers */
     char *up_url;                  /* owned */

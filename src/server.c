@@ -37,7 +37,7 @@ static void add_tollgate_headers(struct MHD_Response *resp, const struct tg_requ
     if (r->plan.n > 0) {
         const struct tg_candidate *c = &r->plan.c[r->cand];
         char n[16];
-        snprintf(n, sizeof n, "%zu", r->cand + 1);
+        snprintf(n, sizeof n, "%d", r->attempts);
         MHD_add_response_header(resp, "x-tollgate-provider", c->pc->name);
         MHD_add_response_header(resp, "x-tollgate-model", c->upstream_model);
         MHD_add_response_header(resp, "x-tollgate-attempts", n);

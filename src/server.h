@@ -19,7 +19,7 @@ void tg_server_quiesce(struct tg_gateway *gw);
 void tg_server_stop(struct tg_gateway *gw);
 
 /* GET /v1/models and /v1/models/{id} bodies. Return new JSON, NULL if id is unknown. */
-json_t *tg_models_list(const struct tg_gateway *gw);
-json_t *tg_models_get(const struct tg_gateway *gw, const char *id);
+json_t *tg_models_list(struct tg_gateway *gw);
+json_t *tg_models_get(struct tg_gateway *gw, const char *id);
 
 #endif

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "tollgate/health.h"
 #include "tollgate/limits.h"
 #include "tollgate/status.h"
 
@@ -21,6 +22,12 @@ struct tg_provider_conf {
     long connect_timeout_ms;
     long timeout_ms;                  /* whole non-streaming request */
     long stream_timeout_ms;           /* whole streaming request */
+    long first_byte_timeout_ms;       /* until the response starts (headers) */
+    long idle_timeout_ms;             /* longest silence between bytes once it started */
+    long max_attempts;                /* attempts on this provider per request (>= 1) */
+    long backoff_base_ms;             /* first retry delay; doubles per retry */
+    long backoff_max_ms;              /* delay cap */
+    long retry_after_cap_ms;          /* longest Retry-After honoured before moving on */
     bool usable;                      /* has a key (or needs none) */
 };
 
@@ -37,6 +44,12 @@ struct tg_config {
     struct tg_provider_conf providers[TG_MAX_PROVIDERS];
     size_t n_default_order;
     const struct tg_provider_conf *default_order[TG_MAX_PROVIDERS];  /* borrowed from providers[] */
+    /* routing */
+    long max_attempts_total;          /* attempts per request over all providers */
+    bool fallback_for_named;          /* a provider named as a string may fall back */
+    long fastest_min_samples;         /* :fastest explores pairs with fewer samples */
+    long fastest_stale_ms;            /* ... or whose last sample is older */
+    struct tg_breaker_conf breaker;
 };
 
 /* Parse JSON text (path is used to resolve relative paths and in messages; may be NULL).

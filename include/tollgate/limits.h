@@ -17,14 +17,16 @@
 #define TG_NAME_MAX 48
 #define TG_MODEL_MAX 160
 /* Providers in one config, models in one catalog, providers per model. */
-#define TG_MAX_PROVIDERS 16
-#define TG_MAX_MODELS 512
-#define TG_MAX_MODEL_PROVIDERS 16
+#define TG_MAX_PROVIDERS 16u
+#define TG_MAX_MODELS 512u
+#define TG_MAX_MODEL_PROVIDERS 16u
 /* Config and catalog files. */
 #define TG_MAX_CONFIG_BYTES (4u * 1024u * 1024u)
 /* Pending ledger operations before producers get TG_ERR_LIMIT (back-pressure). */
 #define TG_LEDGER_QUEUE_MAX 65536u
+/* (provider, model) pairs the breaker and speed statistics remember. */
+#define TG_HEALTH_MAX_ENTRIES 4096u
 /* Rate-limit headers kept from an upstream 429. */
-#define TG_MAX_PASSTHROUGH_HEADERS 16
+#define TG_MAX_PASSTHROUGH_HEADERS 16u
 
 #endif
