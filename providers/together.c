@@ -2,6 +2,8 @@
  * "8448080b880415ea-SJC", finish_reason "eos" (mapped to "stop" by the base), usage on the
  * finish chunk, numeric stream logprobs (dropped by the base) and an integer `logprobs`
  * request parameter where OpenAI has a boolean plus top_logprobs. */
+#include <string.h>
+
 #include "tollgate/config.h"
 #include "tollgate/provider.h"
 
@@ -21,13 +23,25 @@ static int together_prepare_body(const struct tg_provider_conf *pc, json_t *body
     return TG_OK;
 }
 
+static enum tg_fault together_classify_status(const struct tg_provider_conf *pc, long status,
+                                              const json_t *error_body)
+{
+    /* Together answers 403 when prompt + max_tokens exceed the context: the caller's
+     * request, not our credentials */
+    const char *msg = json_string_value(json_object_get(json_object_get(error_body, "error"),
+                                                        "message"));
+    if (status == 403 && msg && (strstr(msg, "context length") || strstr(msg, "longer than")))
+        return TG_FAULT_CALLER;
+    return tg_oa_classify_status(pc, status, error_body);
+}
+
 static const struct tg_provider_ops together_ops = {
     .prepare_body = together_prepare_body,       /* boolean logprobs -> integer */
     .parse_response = tg_oa_parse_response,      /* eos -> stop, extras dropped */
     .translate_chunk = tg_oa_translate_chunk,    /* text/token_id dropped, usage on finish */
     .extract_usage = tg_oa_extract_usage,        /* top-level usage (null until the end) */
     .normalize_error = tg_oa_normalize_error,    /* param/code null already */
-    .classify_status = tg_oa_classify_status,    /* 503 = overloaded, 402 = our credit */
+    .classify_status = together_classify_status, /* 403 context overflow = caller */
     .on_header = tg_oa_on_header,                /* x-ratelimit-*, x-tokenlimit-* */
 };
 

@@ -18,6 +18,8 @@
 #include "json_util.h"
 #include "request.h"
 #include "tollgate/backoff.h"
+#include "tollgate/keys.h"
+#include "tollgate/keystore.h"
 #include "tollgate/log.h"
 #include "tollgate/money.h"
 
@@ -95,6 +97,64 @@ out:
     return rc;
 }
 
+/* Worst-case cost of the request on candidate c (nano-USD), or -1 if its price is unknown:
+ * the prompt at twice the usual estimate (2 characters a token) plus the output cap. */
+static int64_t worst_cost(const struct tg_request *r, const struct tg_candidate *c)
+{
+    if (!c->offer || !c->offer->price_known)
+        return -1;
+    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
+    if (!json_is_integer(mt))
+        mt = json_object_get(r->client_json, "max_tokens");
+    int64_t out_cap = json_is_integer(mt)       ? json_integer_value(mt)
+                      : c->offer->max_output     ? c->offer->max_output
+                      : c->offer->context_length ? c->offer->context_length
+                                                 : 4096;
+    int64_t worst;
+    if (tg_cost_nano(r->prompt_estimate * 2, c->offer->input_nano_per_mtok, out_cap,
+                     c->offer->output_nano_per_mtok, &worst) != TG_OK)
+        return -1;
+    return worst;
+}
+
+/* Key scopes, rate limits and budget, before anything is sent. TG_OK or r->error set. */
+static int admit_key(struct tg_request *r)
+{
+    char provs[256], models[512];
+    struct tg_keystore *ks = r->gw->keys;
+    tg_keystore_scopes(ks, r->key, provs, sizeof provs, models, sizeof models);
+    const char *mid = r->plan.model ? r->plan.model->id : r->plan.model_out;
+    if (!tg_key_scope_allows(models, mid)) {
+        tg_error_set(&r->error, 403, TG_SRC_POLICY, "permission_error", "model",
+                     "model_not_allowed", "key %s may not use model %s (allowed: %s)",
+                     r->le.key_id, mid, models);
+        return TG_ERR_STATE;
+    }
+    size_t keep = 0;
+    for (size_t i = 0; i < r->plan.n; i++)
+        if (tg_key_scope_allows(provs, r->plan.c[i].pc->name))
+            r->plan.c[keep++] = r->plan.c[i];
+    if (keep == 0) {
+        tg_error_set(&r->error, 403, TG_SRC_POLICY, "permission_error", "provider",
+                     "provider_not_allowed", "key %s may not use provider %s (allowed: %s)",
+                     r->le.key_id, r->plan.c[0].pc->name, provs);
+        return TG_ERR_STATE;
+    }
+    r->plan.n = keep;
+    /* the budget holds the dearest candidate's worst case: a fallback can never overshoot */
+    int64_t worst = 0;
+    for (size_t i = 0; i < r->plan.n && worst >= 0; i++) {
+        int64_t w = worst_cost(r, &r->plan.c[i]);
+        worst = w < 0 ? -1 : (w > worst ? w : worst);
+    }
+    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
+    if (!json_is_integer(mt))
+        mt = json_object_get(r->client_json, "max_tokens");
+    int64_t tokens = r->prompt_estimate + (json_is_integer(mt) ? json_integer_value(mt) : 0);
+    return tg_keystore_admit(ks, r->key, tokens, worst, tg_wall_ms(), &r->adm, &r->limits,
+                             &r->error);
+}
+
 static void entry_for_attempt(struct tg_request *r)
 {
     const struct tg_candidate *c = &r->plan.c[r->cand];
@@ -106,18 +166,7 @@ static void entry_for_attempt(struct tg_request *r)
              r->plan.model ? r->plan.model->id : "");
     snprintf(e->model_upstream, sizeof e->model_upstream, "%s", c->upstream_model);
     snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
-    e->reserved_nano = -1;
-    if (c->offer && c->offer->price_known) {
-        json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
-        if (!mt)
-            mt = json_object_get(r->client_json, "max_tokens");
-        int64_t out_cap = json_is_integer(mt) ? json_integer_value(mt)
-                          : c->offer->max_output ? c->offer->max_output : 4096;
-        int64_t worst;
-        if (tg_cost_nano(r->prompt_estimate, c->offer->input_nano_per_mtok, out_cap,
-                         c->offer->output_nano_per_mtok, &worst) == TG_OK)
-            e->reserved_nano = worst;
-    }
+    e->reserved_nano = worst_cost(r, c);
 }
 
 /* ---- attempts -------------------------------------------------------------------- */
@@ -259,6 +308,10 @@ int tg_chat_begin(struct tg_request *r)
         reject(r);
         goto sync_error;
     }
+    if (r->key && admit_key(r) != TG_OK) {
+        reject(r);
+        goto sync_error;
+    }
     r->cand = admitted_candidate(r, 0);
     if (r->cand == r->plan.n) {
         /* every breaker is open or its one half-open probe is out */
@@ -361,6 +414,11 @@ static void on_settled(void *ud, int st, int64_t row_id)
                                   (json_int_t)r->le.completion_tokens, "total_tokens",
                                   (json_int_t)(r->le.prompt_tokens + r->le.completion_tokens));
             if (u) {
+                char usd[32];
+                if (r->le.cost_nano >= 0)
+                    json_object_set_new(json_object_get(u, "usage"), "cost",
+                                        json_string(tg_usd_format(r->le.cost_nano, usd,
+                                                                  sizeof usd)));
                 if (r->le.cached_tokens >= 0)
                     json_object_set_new(json_object_get(u, "usage"), "prompt_tokens_details",
                                         json_pack("{s:I}", "cached_tokens",
@@ -581,7 +639,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
                       fault == TG_FAULT_CALLER ? TG_SRC_CALLER : TG_SRC_PROVIDER, eb);
         r->resp_status = status;
     } else {
-        json_t *resp = json_loadb(r->up_resp.data ? r->up_resp.data : "", r->up_resp.len, 0, NULL);
+        json_t *resp = tg_json_loadb_lenient(r->up_resp.data ? r->up_resp.data : "", r->up_resp.len);
         char upid[TG_ID_MAX] = "";
         if (!resp || ops->parse_response(c->pc, &resp, r->plan.model_out, &u, upid,
                                          sizeof upid) != TG_OK) {
@@ -600,6 +658,16 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
     /* the attempt's ledger row */
     bool generated = relayed ? (chars > 0 || r->st.saw_finish) : r->resp_json != NULL;
     account(r, &u, chars, generated);
+    if (e->cost_nano > 0)
+        r->cost_total_nano += e->cost_nano;
+    json_t *ru = json_object_get(r->resp_json, "usage");
+    if (ru && e->cost_nano >= 0 && e->usage_source == TG_USAGE_REPORTED) {
+        char usd[32];
+        json_object_set_new(ru, "cost", json_string(tg_usd_format(e->cost_nano, usd, sizeof usd)));
+    }
+    if (e->prompt_tokens > 0 || e->completion_tokens > 0)
+        r->tokens_total += (e->prompt_tokens > 0 ? e->prompt_tokens : 0) +
+                           (e->completion_tokens > 0 ? e->completion_tokens : 0);
     e->status = fault == TG_FAULT_NONE ? TG_ROW_BILLED : TG_ROW_FAILED;
     e->http_status = r->resp_status;
     e->client_disconnected = cancelled;

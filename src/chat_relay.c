@@ -85,7 +85,7 @@ static int on_sse_event(void *ud, const char *event, const char *data, size_t le
         r->st.saw_done = true;
         return TG_OK;
     }
-    json_t *chunk = json_loadb(data, len, 0, NULL);
+    json_t *chunk = tg_json_loadb_lenient(data, len);
     if (strcmp(event, "error") == 0 || !chunk) {
         json_decref(r->st.error);
         r->st.error = chunk ? tg_error_normalize(chunk, 502, "the provider reported an error")

@@ -17,6 +17,7 @@
 #include "json_util.h"
 #include "server.h"
 #include "tollgate/cli.h"
+#include "tollgate/keystore.h"
 #include "tollgate/log.h"
 #include "tollgate/provider.h"
 
@@ -161,6 +162,16 @@ int tg_cli_serve(int argc, char **argv)
         tg_warn("ledger: %lld request(s) were in flight when tollgate last stopped; marked "
                 "interrupted (see tollgate bill)",
                 (long long)tg_ledger_interrupted_at_open(gw->ledger));
+    if (gw->cfg.auth_enabled) {
+        gw->keys = tg_keystore_open(gw->cfg.ledger_path, err, sizeof err);
+        if (!gw->keys) {
+            fprintf(stderr, "tollgate: %s\n", err);
+            goto out_ledger;
+        }
+    } else {
+        tg_warn("auth is OFF (config auth.enabled = false): anyone who can reach this address "
+                "can spend through it; use only for local development");
+    }
     gw->engine = tg_engine_new(err, sizeof err);
     if (!gw->engine) {
         fprintf(stderr, "tollgate: %s\n", err);
@@ -204,6 +215,7 @@ out_engine:
         usleep(20 * 1000);
     tg_server_stop(gw);
 out_ledger:
+    tg_keystore_free(gw->keys);
     tg_ledger_close(gw->ledger);
 out_curl:
     curl_global_cleanup();

@@ -182,7 +182,11 @@ static int parse_provider(struct tg_provider_conf *pc, const char *name, json_t 
         rc = TG_ERR_NOMEM;
         goto out;
     }
-    snprintf(pc->key_env, sizeof pc->key_env, "%.*s", (int)sizeof pc->key_env - 1, missing);
+    /* name the variable the key comes from, set or not, for messages */
+    const char *ref = strstr(kraw, "${");
+    const char *end = ref ? strchr(ref, '}') : NULL;
+    if (ref && end)
+        snprintf(pc->key_env, sizeof pc->key_env, "%.*s", (int)(end - ref - 2), ref + 2);
     pc->usable = pc->api_key[0] != '\0' || !(pc->impl->flags & TG_PROV_NEEDS_KEY);
 
     if ((rc = get_long(obj, "connect_timeout_ms", 5000, 1, 600000, &pc->connect_timeout_ms,
@@ -356,6 +360,25 @@ int tg_config_parse(struct tg_config *cfg, const char *text, const char *path, c
             goto out;
         *bk[i].dst = (int)v;
     }
+    rc = TG_ERR_PARSE;
+    json_t *auth = json_object_get(root, "auth");
+    if (auth && !json_is_object(auth))
+        FAIL("auth must be an object like {\"enabled\": true, \"admin_key\": \"${TOLLGATE_ADMIN_KEY}\"}");
+    json_t *en = json_object_get(auth, "enabled");
+    if (en && !json_is_boolean(en))
+        FAIL("auth.enabled must be true or false");
+    cfg->auth_enabled = !json_is_false(en);
+    json_t *ak = json_object_get(auth, "admin_key");
+    if (ak && !json_is_string(ak))
+        FAIL("auth.admin_key must be a string (use \"${TOLLGATE_ADMIN_KEY}\")");
+    char missing[128];
+    cfg->admin_key = tg_config_expand_env(ak ? json_string_value(ak) : "", missing, sizeof missing);
+    if (!cfg->admin_key) {
+        rc = TG_ERR_NOMEM;
+        goto out;
+    }
+    if (cfg->admin_key[0] && strlen(cfg->admin_key) < 16)
+        FAIL("auth.admin_key must be at least 16 characters");
     rc = TG_OK;
 out:
     free(s);
@@ -395,6 +418,10 @@ void tg_config_cleanup(struct tg_config *cfg)
     free(cfg->catalog_path);
     free(cfg->ledger_path);
     free(cfg->log_level);
+    if (cfg->admin_key) {
+        memset(cfg->admin_key, 0, strlen(cfg->admin_key));
+        free(cfg->admin_key);
+    }
     memset(cfg, 0, sizeof *cfg);
 }
 

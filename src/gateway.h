@@ -27,6 +27,7 @@ struct tg_gateway {
     pthread_mutex_t cat_mu;         /* guards the cat pointer, not its (immutable) content */
     struct tg_catalog_snap *cat;
     struct tg_health *health;
+    struct tg_keystore *keys;       /* NULL when auth is off */
     struct tg_ledger *ledger;
     struct tg_engine *engine;
     struct MHD_Daemon *mhd;

@@ -2,6 +2,7 @@
 #include "json_util.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,4 +82,71 @@ long long tg_wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* Copy of buf with every integer literal of 19+ digits (outside strings) put in quotes. */
+static char *quote_big_integers(const char *buf, size_t len, size_t *out_len)
+{
+    char *out = malloc(len * 2 + 1);   /* worst case: every byte gains a quote */
+    size_t o = 0;
+    bool in_str = false, esc = false;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len;) {
+        char c = buf[i];
+        if (in_str) {
+            out[o++] = c;
+            i++;
+            if (esc)
+                esc = false;
+            else if (c == '\\')
+                esc = true;
+            else if (c == '"')
+                in_str = false;
+            continue;
+        }
+        if (c == '"') {
+            in_str = true;
+            out[o++] = c;
+            i++;
+            continue;
+        }
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t j = i + (c == '-');
+            while (j < len && buf[j] >= '0' && buf[j] <= '9')
+                j++;
+            bool is_int = j == len || (buf[j] != '.' && buf[j] != 'e' && buf[j] != 'E');
+            if (is_int && j - i >= 19) {
+                out[o++] = '"';
+                memcpy(out + o, buf + i, j - i);
+                o += j - i;
+                out[o++] = '"';
+            } else {
+                memcpy(out + o, buf + i, j - i);
+                o += j - i;
+            }
+            i = j;
+            continue;
+        }
+        out[o++] = c;
+        i++;
+    }
+    out[o] = '\0';
+    *out_len = o;
+    return out;
+}
+
+json_t *tg_json_loadb_lenient(const char *buf, size_t len)
+{
+    json_error_t err;
+    json_t *v = json_loadb(buf, len, 0, &err);
+    if (v || !strstr(err.text, "too big"))
+        return v;
+    size_t n;
+    char *fixed = quote_big_integers(buf, len, &n);
+    if (!fixed)
+        return NULL;
+    v = json_loadb(fixed, n, 0, NULL);
+    free(fixed);
+    return v;
 }

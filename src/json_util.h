@@ -14,6 +14,10 @@ int tg_read_file(const char *path, size_t cap, char **out, size_t *out_len) TG_W
 /* Copy a string into a fixed buffer; returns TG_ERR_LIMIT if it does not fit. */
 int tg_strlcpy_checked(char *dst, const char *src, size_t cap) TG_WUR;
 
+/* json_loadb, but an integer literal too big for jansson (a uint64 seed from Together) is
+ * read as a string instead of failing the whole document. Returns new or NULL. */
+json_t *tg_json_loadb_lenient(const char *buf, size_t len);
+
 /* Monotonic microseconds, wall-clock milliseconds. */
 long long tg_now_us(void);
 long long tg_wall_ms(void);

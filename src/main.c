@@ -12,6 +12,8 @@ static void usage(FILE *f)
             "commands:\n"
             "  serve    run the gateway (tollgate serve --help)\n"
             "  bill     print the bill from a ledger file (tollgate bill --help)\n"
+            "  keys     create, list, revoke and rotate API keys (tollgate keys --help)\n"
+
             "  version  print the version\n",
             TOLLGATE_VERSION);
 }
@@ -27,6 +29,8 @@ int main(int argc, char **argv)
         return tg_cli_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "bill") == 0)
         return tg_cli_bill(argc - 1, argv + 1);
+    if (strcmp(cmd, "keys") == 0)
+        return tg_cli_keys(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("tollgate %s\n", TOLLGATE_VERSION);
         return 0;

@@ -9,6 +9,7 @@
 #include <microhttpd.h>
 
 #include "gateway.h"
+#include "json_util.h"
 #include "tollgate/log.h"
 
 static const char *const state_names[] = {"RECEIVING", "ROUTED",   "RESERVED", "UPSTREAM",
@@ -63,6 +64,7 @@ struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *
     r->up_resp.limit = TG_MAX_UPSTREAM_BODY;
     r->out.limit = 0;   /* bounded by pausing the upstream at TG_STREAM_OUT_HIGH_WATER */
     r->row_id = 0;
+    r->limits.retry_after_s = -1;
     tg_sse_init(&r->sse);
     tg_stream_state_init(&r->st, "", false);
     r->meta.retry_after_s = -1;
@@ -78,6 +80,9 @@ void tg_request_unref(struct tg_request *r)
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
     /* last reference: no other thread can see r any more */
+    if (r->adm.key)
+        tg_keystore_release(r->gw->keys, &r->adm, r->cost_total_nano, r->tokens_total,
+                            tg_wall_ms());
     tg_buf_free(&r->body);
     tg_buf_free(&r->up_resp);
     tg_buf_free(&r->out);

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "tollgate/error.h"
+#include "tollgate/keystore.h"
 #include "tollgate/ledger.h"
 #include "tollgate/provider.h"
 #include "tollgate/router.h"
@@ -64,6 +65,11 @@ struct tg_request {
     int next_action;               /* after this attempt settles: enum in chat.c */
     int64_t next_delay_ms;         /* backoff before the next attempt */
     struct tg_catalog_snap *cat;   /* price book this request was routed with (a reference) */
+    struct tg_key_state *key;      /* the caller's key (borrowed from the keystore), or NULL */
+    struct tg_admission adm;       /* budget and rate-limit holds, released at the end */
+    struct tg_limits_view limits;  /* the key's rate-limit figures for headers */
+    int64_t cost_total_nano;       /* all attempts' known costs, for the budget */
+    int64_t tokens_total;          /* all attempts' tokens, for the per-minute window */
     char *up_body;                 /* serialized upstream body (owned) */
     size_t up_body_len;
     int64_t prompt_estimate;       /* tokens, from message text length */

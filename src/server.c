@@ -27,6 +27,7 @@ struct http_ctx {
     struct tg_request *r;       /* R_CHAT: the request (our reference) */
     bool too_large;
     bool begun;
+    bool unauthorized;
 };
 
 /* ---- responses ------------------------------------------------------------------------ */
@@ -41,6 +42,32 @@ static void add_tollgate_headers(struct MHD_Response *resp, const struct tg_requ
         MHD_add_response_header(resp, "x-tollgate-provider", c->pc->name);
         MHD_add_response_header(resp, "x-tollgate-model", c->upstream_model);
         MHD_add_response_header(resp, "x-tollgate-attempts", n);
+    }
+}
+
+/* The caller's own key limits (OpenAI's header names), and Retry-After when they refused. */
+static void add_key_limits(struct MHD_Response *resp, const struct tg_limits_view *v)
+{
+    char b[32];
+    if (v->req_limit > 0) {
+        snprintf(b, sizeof b, "%lld", (long long)v->req_limit);
+        MHD_add_response_header(resp, "x-ratelimit-limit-requests", b);
+        snprintf(b, sizeof b, "%lld", (long long)v->req_remaining);
+        MHD_add_response_header(resp, "x-ratelimit-remaining-requests", b);
+        snprintf(b, sizeof b, "%llds", (long long)v->req_reset_s);
+        MHD_add_response_header(resp, "x-ratelimit-reset-requests", b);
+    }
+    if (v->tok_limit > 0) {
+        snprintf(b, sizeof b, "%lld", (long long)v->tok_limit);
+        MHD_add_response_header(resp, "x-ratelimit-limit-tokens", b);
+        snprintf(b, sizeof b, "%lld", (long long)v->tok_remaining);
+        MHD_add_response_header(resp, "x-ratelimit-remaining-tokens", b);
+        snprintf(b, sizeof b, "%llds", (long long)v->tok_reset_s);
+        MHD_add_response_header(resp, "x-ratelimit-reset-tokens", b);
+    }
+    if (v->retry_after_s >= 0) {
+        snprintf(b, sizeof b, "%ld", v->retry_after_s);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, b);
     }
 }
 
@@ -64,10 +91,12 @@ static enum MHD_Result queue_json(struct MHD_Connection *conn, unsigned status, 
         add_tollgate_headers(resp, r);
     if (err && status >= 400)
         MHD_add_response_header(resp, "x-tollgate-error-source", tg_error_source_name(err->source));
-    if (r && status == 429) {
+    if (r && status == 429 && r->limits.retry_after_s < 0) {
         /* the provider's rate-limit view, so clients can back off correctly */
         for (size_t i = 0; i < r->meta.n_pass; i++)
             MHD_add_response_header(resp, r->meta.pass_name[i], r->meta.pass_value[i]);
+    } else if (r && r->key) {
+        add_key_limits(resp, &r->limits);
     }
     if (r && status == 200 && r->le.cost_nano >= 0) {
         char usd[32];
@@ -152,6 +181,8 @@ static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_reque
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
     add_tollgate_headers(resp, r);
+    if (r->key)
+        add_key_limits(resp, &r->limits);
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -248,13 +279,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_NO;
             else
                 new_request_id(ctx->r->request_id, sizeof ctx->r->request_id);
+            if (ctx->r && gw->keys) {
+                /* authenticate before reading the body: a stranger's upload is not read */
+                const char *authz = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                                "Authorization");
+                ctx->r->key = tg_keystore_auth(gw->keys, authz, ctx->r->le.key_id,
+                                               &ctx->r->error);
+                if (!ctx->r->key) {
+                    ctx->route = R_NONE;
+                    ctx->unauthorized = true;
+                }
+            }
+        }
+        if (ctx->unauthorized) {
+            enum MHD_Result ret = queue_json(conn, 401, ctx->r->error.body, NULL, &ctx->r->error);
+            return ret;
         }
         if (!ctx->too_large)
             return MHD_YES;
     }
 
     if (*upload_size > 0) {
-        if (ctx->r && !ctx->too_large) {
+        if (ctx->r && !ctx->too_large && !ctx->unauthorized) {
             int rc = tg_buf_append(&ctx->r->body, upload, *upload_size);
             if (rc == TG_ERR_LIMIT)
                 ctx->too_large = true;

@@ -13,4 +13,10 @@ int tg_cli_serve(int argc, char **argv);
  * to stdout, errors to stderr. */
 int tg_cli_bill(int argc, char **argv);
 
+/* tollgate ledger verify [--ledger PATH] [--json] */
+int tg_cli_ledger(int argc, char **argv);
+
+/* tollgate keys create|list|revoke|rotate ... [--ledger PATH] */
+int tg_cli_keys(int argc, char **argv);
+
 #endif

@@ -50,6 +50,9 @@ struct tg_config {
     long fastest_min_samples;         /* :fastest explores pairs with fewer samples */
     long fastest_stale_ms;            /* ... or whose last sample is older */
     struct tg_breaker_conf breaker;
+    /* keys */
+    bool auth_enabled;                /* requests need a tollgate key (default on) */
+    char *admin_key;                  /* owned; "" = admin API disabled */
 };
 
 /* Parse JSON text (path is used to resolve relative paths and in messages; may be NULL).
