@@ -14,7 +14,7 @@
 
 import test, { before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -196,6 +196,8 @@ async function mockRequests() {
   return r.json();
 }
 
+let apiKey = '';
+
 before(async () => {
   const mockPortFile = path.join(tmp, 'mock.port');
   const mock = startChild('mock', TG_MOCK_BIN,
@@ -218,6 +220,11 @@ before(async () => {
   const cfgFile = path.join(tmp, 'tollgate.json');
   fs.writeFileSync(cfgFile, JSON.stringify(config, null, 2));
 
+  // a real tollgate key, as an app would use (auth is on by default)
+  apiKey = execFileSync(TG_BIN, ['keys', 'create', '--name', 'compat', '--ledger',
+    path.join(tmp, 'ledger.db')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  assert.match(apiKey, /^tg-[0-9a-f]{12}-[0-9a-f]{40}$/);
+
   const gwPortFile = path.join(tmp, 'tollgate.port');
   const gw = startChild('tollgate', TG_BIN, ['serve', '--config', cfgFile,
     '--listen', '127.0.0.1:0', '--port-file', gwPortFile,
@@ -230,7 +237,7 @@ after(() => { killChildren(); });
 function client() {
   return new OpenAI({
     baseURL: `http://127.0.0.1:${gatewayPort}/v1`,
-    apiKey: 'unused',
+    apiKey,
     maxRetries: 0,
     timeout: TEST_TIMEOUT_MS,
     fetch: loopbackFetch,
@@ -411,7 +418,7 @@ test('unknown model, stream=true -> NotFoundError (404) before any chunk', T, as
 // endpointUrl, so the gateway's provider is chosen by the model suffix.
 
 function hf() {
-  return new InferenceClient('unused', { endpointUrl: `http://127.0.0.1:${gatewayPort}/v1` });
+  return new InferenceClient(apiKey, { endpointUrl: `http://127.0.0.1:${gatewayPort}/v1` });
 }
 const HF_OPTS = () => ({ fetch: loopbackFetch, retry_on_error: false });
 
