@@ -181,12 +181,28 @@ class Env:
         for k in env_remove:
             env.pop(k, None)
         env.update(env_extra or {})
+        api_key = None
+        if (config.get("auth") or {}).get("enabled", True):
+            api_key = self.create_key(ledger, env)
         p = Proc(name, argv, self.dir, pf, env=env)
         self.procs.append(p)
         p.start()
-        gw = Gateway(p, cfg_path, ledger, config)
+        gw = Gateway(p, cfg_path, ledger, config, api_key)
         gw.env_args = (env_extra, tuple(env_remove))
         return gw
+
+    def create_key(self, ledger, env, name="integration", *extra):
+        """A tollgate key in @ledger (`tollgate keys create`); auth is on by default."""
+        p = subprocess.run([self.tg_bin, "keys", "create", "--name", name, "--ledger", ledger]
+                           + list(extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env, timeout=30)
+        if p.returncode != 0:
+            raise RuntimeError("tollgate keys create failed (%d): %s" %
+                               (p.returncode, p.stderr.decode("utf-8", "replace")))
+        key = p.stdout.decode().strip()
+        if not key.startswith("tg-"):
+            raise RuntimeError("tollgate keys create printed %r, not a tg- key" % key)
+        return key
 
     def dump_logs(self, stream=sys.stderr):
         for p in self.procs:
@@ -339,15 +355,16 @@ def _sse_split(buf):
     return out, text
 
 
-def stream_chat(port, body, timeout=HTTP_TIMEOUT):
+def stream_chat(port, body, timeout=HTTP_TIMEOUT, headers=None):
     """POST a streaming chat request and read the SSE answer, timing each event."""
     res = StreamResult()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     deadline = time.monotonic() + timeout
+    h = {"Content-Type": "application/json", "Connection": "close"}
+    h.update(headers or {})
     try:
         res.t_sent = time.monotonic()
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/json", "Connection": "close"})
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(), headers=h)
         r = conn.getresponse()
         res.status = r.status
         res.header_list = [(k.lower(), v) for k, v in r.getheaders()]
@@ -401,21 +418,31 @@ class Mock:
 
 
 class Gateway:
-    def __init__(self, proc, config_path, ledger_path, config):
+    def __init__(self, proc, config_path, ledger_path, config, api_key=None):
         self.proc = proc
         self.port = proc.port
         self.config_path = config_path
         self.ledger_path = ledger_path
         self.config = config
+        self.api_key = api_key
+
+    def auth(self, headers=None):
+        h = {"Authorization": "Bearer " + self.api_key} if self.api_key else {}
+        h.update(headers or {})
+        return h
+
+    def request(self, method, path, body=None, headers=None, **kw):
+        """Any request, with this gateway's key."""
+        return request(self.port, method, path, body, headers=self.auth(headers), **kw)
 
     def get(self, path, **kw):
-        return request(self.port, "GET", path, **kw)
+        return self.request("GET", path, **kw)
 
-    def chat(self, body, **kw):
-        return post_json(self.port, "/v1/chat/completions", body, **kw)
+    def chat(self, body, headers=None, **kw):
+        return self.request("POST", "/v1/chat/completions", json.dumps(body), headers, **kw)
 
-    def stream(self, body, **kw):
-        return stream_chat(self.port, body, **kw)
+    def stream(self, body, headers=None, **kw):
+        return stream_chat(self.port, body, headers=self.auth(headers), **kw)
 
     def healthy(self):
         try:

@@ -178,7 +178,7 @@ class BasicChat(H.GatewayTestCase):
             for i, p in enumerate(H.PROVIDERS * 2):
                 conn.request("POST", "/v1/chat/completions",
                              body=json.dumps(H.chat_body(provider=p)),
-                             headers={"Content-Type": "application/json"})
+                             headers=self.gw.auth({"Content-Type": "application/json"}))
                 r = conn.getresponse()
                 body = r.read()
                 self.assertEqual(r.status, 200, body)

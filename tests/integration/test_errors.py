@@ -45,7 +45,7 @@ class Errors(H.GatewayTestCase):
             super().tearDown()
 
     def post_raw(self, body, **kw):
-        return H.request(self.gw.port, "POST", "/v1/chat/completions", body, **kw)
+        return self.gw.request("POST", "/v1/chat/completions", body, **kw)
 
     # -- the caller's request --
 
@@ -56,6 +56,19 @@ class Errors(H.GatewayTestCase):
                 err = self.assert_error(self.post_raw(raw), 400, source="caller")
                 self.assertIn("json", err["message"].lower())
                 self.assertEqual(err["type"], "invalid_request_error")
+
+    def test_api_key_required(self):
+        n = H.nonce("nokey")
+        body = json.dumps(H.chat_body(text=n))
+        for headers in ({}, {"Authorization": "Bearer tg-000000000000-" + "0" * 40},
+                        {"Authorization": "Bearer " + self.gw.api_key[:-1] + "x"},
+                        {"Authorization": "Basic Zm9vOmJhcg=="}):
+            with self.subTest(headers=headers):
+                r = H.request(self.gw.port, "POST", "/v1/chat/completions", body,
+                              headers=headers)
+                self.assert_error(r, 401, source="caller")
+                self.assertNotIn(self.gw.api_key, r.body.decode())
+        self.assertEqual(self.mock.find(n), [])
 
     def test_body_not_an_object(self):
         for raw in ("[]", "5", '"hello"', "null"):
@@ -116,7 +129,7 @@ class Errors(H.GatewayTestCase):
                              ("GET", "/"), ("POST", "/v1/chat/completions/extra"),
                              ("GET", "/v2/models")):
             with self.subTest(method=method, path=path):
-                r = H.request(self.gw.port, method, path,
+                r = self.gw.request(method, path,
                               body=b"{}" if method == "POST" else None)
                 self.assert_error(r, 404, source="caller")
 
@@ -127,7 +140,7 @@ class Errors(H.GatewayTestCase):
                                     ("DELETE", "/v1/models/openai/gpt-oss-120b", "GET"),
                                     ("POST", "/healthz", "GET")):
             with self.subTest(method=method, path=path):
-                r = H.request(self.gw.port, method, path,
+                r = self.gw.request(method, path,
                               body=b"{}" if method in ("POST", "PUT") else None)
                 self.assert_error(r, 405, source="caller")
                 self.assertIn(allow, r.header("allow") or "", r.header_list)

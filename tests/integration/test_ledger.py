@@ -182,7 +182,7 @@ class Ledger(H.GatewayTestCase):
                     c.resp = cls.gw.chat(c.body)
                 c.request_id = c.resp.header("x-tollgate-request-id")
             # a request that never reaches routing: no row
-            cls.invalid = H.request(cls.gw.port, "POST", "/v1/chat/completions", "{not json")
+            cls.invalid = cls.gw.request("POST", "/v1/chat/completions", "{not json")
             log = cls.mock.requests()
             for c in cls.cases:
                 c.mock_entries = [e for e in log if c.nonce in json.dumps(e.get("body"))]
@@ -256,6 +256,8 @@ class Ledger(H.GatewayTestCase):
                 self.assertEqual(r["model_requested"], model_sent, r)
                 self.assertEqual(r["streamed"], 1 if c.stream else 0, r)
                 self.assertEqual(r["client_disconnected"], 0, r)
+                # the tollgate key's public id (tg-<id>-<secret>), never the secret
+                self.assertEqual(r["key_id"], self.gw.api_key.split("-")[1], r)
                 self.assertIsNotNone(r["duration_us"], r)
                 self.assertGreaterEqual(r["duration_us"], 0, r)
                 self.assertIsNotNone(r["created_ms"], r)
@@ -329,6 +331,11 @@ class Ledger(H.GatewayTestCase):
                     self.assertEqual(H.usd_to_nano(h), r["cost_nano"], (h, r))
                     self.assertRegex(h, r"^\d+\.\d{9}$")
                     checked += 1
+                # a cost in the usage object, if the gateway adds one, says the same
+                cost = (c.resp.json().get("usage") or {}).get("cost")
+                if cost is not None:
+                    self.assertIsNotNone(r["cost_nano"])
+                    self.assertEqual(H.usd_to_nano(str(cost)), r["cost_nano"], cost)
         self.assertGreaterEqual(checked, 5)
 
     def test_journal_mode_wal(self):
@@ -459,8 +466,9 @@ class ClientDisconnect(H.GatewayTestCase):
         s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=10)
         try:
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Authorization: Bearer %s\r\n"
                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                      % (len(body), body))
+                      % (self.gw.api_key.encode(), len(body), body))
             got = b""
             deadline = time.monotonic() + 10
             while b"tok1" not in got and time.monotonic() < deadline:
