@@ -38,7 +38,7 @@ const char *tg_fault_name(enum tg_fault f)
 {
     static const char *const names[] = {"none", "connect", "timeout", "rate_limited",
                                         "upstream_5xx", "bad_response", "caller", "auth",
-                                        "client_gone"};
+                                        "client_gone", "saturated"};
     return (unsigned)f < sizeof names / sizeof names[0] ? names[f] : "unknown";
 }
 
@@ -336,8 +336,8 @@ enum tg_fault tg_oa_classify_status(const struct tg_provider_conf *pc, long stat
         return TG_FAULT_AUTH;          /* our provider account is out of credit / suspended */
     if (status == 408)
         return TG_FAULT_TIMEOUT;
-    if (status == 429)
-        return TG_FAULT_RATE_LIMITED;
+    if (status == 429 || status == 498)
+        return TG_FAULT_RATE_LIMITED;   /* 498: capacity exceeded (Groq flex, and lookalikes) */
     if (status >= 500)
         return TG_FAULT_UPSTREAM_5XX;
     if (status >= 400)

@@ -9,6 +9,7 @@
 extern const struct tg_provider tg_provider_groq;
 extern const struct tg_provider tg_provider_together;
 extern const struct tg_provider tg_provider_fireworks;
+extern const struct tg_provider tg_provider_local;
 
 static const char *const openai_aliases[] = {"openai-compatible", NULL};
 
@@ -22,7 +23,8 @@ static const struct tg_provider tg_provider_openai = {
 };
 
 static const struct tg_provider *const registry[] = {
-    &tg_provider_groq, &tg_provider_together, &tg_provider_fireworks, &tg_provider_openai,
+    &tg_provider_groq, &tg_provider_together, &tg_provider_fireworks, &tg_provider_local,
+    &tg_provider_openai,
 };
 
 size_t tg_provider_count(void) { return sizeof registry / sizeof registry[0]; }

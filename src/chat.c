@@ -17,6 +17,7 @@
 #include "gateway.h"
 #include "json_util.h"
 #include "request.h"
+#include "worker.h"
 #include "tollgate/backoff.h"
 #include "tollgate/keys.h"
 #include "tollgate/keystore.h"
@@ -27,6 +28,9 @@
 
 static void on_reserved(void *ud, int st, int64_t row_id);
 static void on_settled(void *ud, int st, int64_t row_id);
+
+/* Why an attempt was refused before anything was sent (r->refusal). */
+enum { REFUSE_NONE = 0, REFUSE_WORKER_FULL, REFUSE_WORKER_NOT_READY };
 
 /* What follows an attempt once its row has settled. */
 enum next_action { NEXT_FINISH = 0, NEXT_RETRY_SAME, NEXT_CANDIDATE };
@@ -97,22 +101,39 @@ out:
     return rc;
 }
 
+/* The price that applies on candidate c: the provider's own (local workers) or the
+ * catalog's. false when unknown. */
+static bool effective_price(const struct tg_candidate *c, int64_t *in, int64_t *out)
+{
+    if (c->pc->price_override) {
+        *in = c->pc->price_in_nano;
+        *out = c->pc->price_out_nano;
+        return true;
+    }
+    if (c->offer && c->offer->price_known) {
+        *in = c->offer->input_nano_per_mtok;
+        *out = c->offer->output_nano_per_mtok;
+        return true;
+    }
+    return false;
+}
+
 /* Worst-case cost of the request on candidate c (nano-USD), or -1 if its price is unknown:
  * the prompt at twice the usual estimate (2 characters a token) plus the output cap. */
 static int64_t worst_cost(const struct tg_request *r, const struct tg_candidate *c)
 {
-    if (!c->offer || !c->offer->price_known)
-        return -1;
+    int64_t pin, pout;
+    if (!effective_price(c, &pin, &pout) || c->pc->price_per_second_nano > 0)
+        return -1;   /* time-priced work has no token bound */
     json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
     if (!json_is_integer(mt))
         mt = json_object_get(r->client_json, "max_tokens");
-    int64_t out_cap = json_is_integer(mt)       ? json_integer_value(mt)
-                      : c->offer->max_output     ? c->offer->max_output
-                      : c->offer->context_length ? c->offer->context_length
-                                                 : 4096;
+    int64_t out_cap = json_is_integer(mt)                   ? json_integer_value(mt)
+                      : c->offer && c->offer->max_output     ? c->offer->max_output
+                      : c->offer && c->offer->context_length ? c->offer->context_length
+                                                             : 4096;
     int64_t worst;
-    if (tg_cost_nano(r->prompt_estimate * 2, c->offer->input_nano_per_mtok, out_cap,
-                     c->offer->output_nano_per_mtok, &worst) != TG_OK)
+    if (tg_cost_nano(r->prompt_estimate * 2, pin, out_cap, pout, &worst) != TG_OK)
         return -1;
     return worst;
 }
@@ -356,9 +377,46 @@ static void on_reserved(void *ud, int st, int64_t row_id)
     pthread_mutex_lock(&r->mu);
     tg_request_set_state(r, TG_RS_RESERVED);
     pthread_mutex_unlock(&r->mu);
+    struct tg_worker *w = tg_worker_for(r->gw, r->plan.c[r->cand].pc);
+    if (w) {
+        /* a local worker: at most `slots` in flight, a bounded queue behind them */
+        switch (tg_worker_acquire(w, r)) {
+        case TG_SLOT_GRANTED:
+            r->slot_held = w;
+            r->le.queue_us = 0;
+            break;
+        case TG_SLOT_QUEUED:
+            r->queued_at_us = tg_now_us();
+            tg_request_unref(r);
+            return;   /* tg_chat_slot_granted continues */
+        case TG_SLOT_FULL:
+            r->refusal = REFUSE_WORKER_FULL;
+            tg_chat_on_done(r, CURLE_OK, false);
+            tg_request_unref(r);
+            return;
+        case TG_SLOT_NOT_READY:
+            r->refusal = REFUSE_WORKER_NOT_READY;
+            tg_chat_on_done(r, CURLE_OK, false);
+            tg_request_unref(r);
+            return;
+        }
+    }
     if (tg_engine_start(r->gw->engine, r, r->next_delay_ms) != TG_OK)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);   /* shutting down */
     tg_request_unref(r);
+}
+
+void tg_chat_slot_refused(struct tg_request *r)
+{
+    r->refusal = REFUSE_WORKER_NOT_READY;
+    tg_chat_on_done(r, CURLE_OK, false);
+}
+
+void tg_chat_slot_granted(struct tg_request *r)
+{
+    r->le.queue_us = tg_now_us() - r->queued_at_us;
+    if (tg_engine_start(r->gw->engine, r, 0) != TG_OK)
+        tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);
 }
 
 /* After a failed attempt's row is durable: move on to the next attempt, if there is one. */
@@ -463,11 +521,15 @@ static void account(struct tg_request *r, const struct tg_usage *u, int64_t cont
         return;
     }
     e->cost_nano = -1;
-    if (c->offer && c->offer->price_known) {
-        int64_t cost;
-        if (tg_cost_nano(e->prompt_tokens, c->offer->input_nano_per_mtok, e->completion_tokens,
-                         c->offer->output_nano_per_mtok, &cost) == TG_OK)
-            e->cost_nano = cost;
+    int64_t pin, pout, cost;
+    if (effective_price(c, &pin, &pout) &&
+        tg_cost_nano(e->prompt_tokens, pin, e->completion_tokens, pout, &cost) == TG_OK) {
+        if (c->pc->price_per_second_nano > 0 && e->duration_us > 0) {
+            /* worker time, rounded half up once to a whole nano-USD */
+            int64_t us = e->duration_us, ps = c->pc->price_per_second_nano;
+            cost += (ps / 1000000) * us + ((ps % 1000000) * us + 500000) / 1000000;
+        }
+        e->cost_nano = cost;
     }
 }
 
@@ -533,6 +595,8 @@ static void plan_next(struct tg_request *r, enum tg_fault fault)
         return;
     case TG_FAULT_AUTH:
         /* our key for this provider is refused: never again here, maybe elsewhere */
+    case TG_FAULT_SATURATED:
+        /* a full or loading local worker: do not wait on it, try the next candidate */
         r->next_action = NEXT_CANDIDATE;
         return;
     default:
@@ -562,8 +626,23 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         chars = r->st.content_chars;
     }
 
+    if (r->slot_held) {
+        tg_worker_release(r->slot_held);   /* may start the next queued request */
+        r->slot_held = NULL;
+    }
     r->resp_status = 200;
-    if (cancelled) {
+    if (r->refusal) {
+        fault = TG_FAULT_SATURATED;
+        bool full = r->refusal == REFUSE_WORKER_FULL;
+        r->meta.retry_after_s = full ? 1 : 5;
+        fail_with(r, 503, "service_unavailable",
+                  full ? "local_worker_saturated" : "local_worker_unavailable",
+                  full ? "the local worker %s is saturated: every slot is busy and the queue "
+                         "is full; retry in a second"
+                       : "the local worker %s is not ready (loading its model, or down); "
+                         "retry in a few seconds", c->pc->name);
+        r->refusal = REFUSE_NONE;
+    } else if (cancelled) {
         fault = TG_FAULT_CLIENT_GONE;
         r->resp_status = 499;   /* nginx's "client closed request": nobody reads this */
         tg_error_set(&r->error, 499, TG_SRC_CALLER, "client_closed", NULL, NULL,
@@ -657,6 +736,8 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
 
     /* the attempt's ledger row */
     bool generated = relayed ? (chars > 0 || r->st.saw_finish) : r->resp_json != NULL;
+    e->ttfb_us = r->t_first_byte_us ? r->t_first_byte_us - r->t_attempt_us : -1;
+    e->duration_us = now - (r->t_attempt_us ? r->t_attempt_us : r->t_start_us);
     account(r, &u, chars, generated);
     if (e->cost_nano > 0)
         r->cost_total_nano += e->cost_nano;
@@ -671,8 +752,6 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
     e->status = fault == TG_FAULT_NONE ? TG_ROW_BILLED : TG_ROW_FAILED;
     e->http_status = r->resp_status;
     e->client_disconnected = cancelled;
-    e->ttfb_us = r->t_first_byte_us ? r->t_first_byte_us - r->t_attempt_us : -1;
-    e->duration_us = now - (r->t_attempt_us ? r->t_attempt_us : r->t_start_us);
     const char *uid = r->meta.request_id[0] ? r->meta.request_id : r->st.upstream_id;
     snprintf(e->upstream_request_id, sizeof e->upstream_request_id, "%s", uid);
     if (fault != TG_FAULT_NONE) {

@@ -41,6 +41,11 @@ void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj);
  * blank line). Returns tg_sse_finish's status. */
 int tg_chat_sse_finish(struct tg_request *r);
 
+/* A queued attempt got a local worker slot (called from whichever thread freed it). */
+void tg_chat_slot_granted(struct tg_request *r);
+/* A queued attempt will never get a slot (the worker is stopping). */
+void tg_chat_slot_refused(struct tg_request *r);
+
 /* HTTP thread: the request ended on the client side (completed callback). ok: the full
  * response was sent. Drops the HTTP layer's reference. */
 void tg_chat_client_done(struct tg_request *r, bool ok);

@@ -16,6 +16,7 @@
 #include "gateway.h"
 #include "json_util.h"
 #include "server.h"
+#include "worker.h"
 #include "tollgate/cli.h"
 #include "tollgate/keystore.h"
 #include "tollgate/log.h"
@@ -177,6 +178,10 @@ int tg_cli_serve(int argc, char **argv)
         fprintf(stderr, "tollgate: %s\n", err);
         goto out_ledger;
     }
+    if (tg_workers_start(gw, err, sizeof err) != TG_OK) {
+        fprintf(stderr, "tollgate: %s\n", err);
+        goto out_engine;
+    }
     if (tg_server_start(gw, err, sizeof err) != TG_OK) {
         fprintf(stderr, "tollgate: %s\n", err);
         goto out_engine;
@@ -209,6 +214,7 @@ int tg_cli_serve(int argc, char **argv)
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)
         usleep(50 * 1000);
 out_engine:
+    tg_workers_stop(gw);
     tg_engine_free(gw->engine);   /* aborts what still runs; those rows settle as failed */
     gw->engine = NULL;
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)

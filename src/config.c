@@ -15,6 +15,7 @@
 
 #include "json_util.h"
 #include "tollgate/log.h"
+#include "tollgate/money.h"
 #include "tollgate/provider.h"
 
 #define FAIL(...) do { snprintf(err, errlen, "config: " __VA_ARGS__); goto out; } while (0)
@@ -137,6 +138,99 @@ static bool is_http_url(const char *u)
     return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
 }
 
+static int parse_worker(struct tg_provider_conf *pc, json_t *w, char *err, size_t errlen)
+{
+    int rc = TG_ERR_PARSE;
+    char where[96];
+    struct tg_worker_conf *wc = &pc->worker;
+    snprintf(where, sizeof where, "providers.%s.worker.", pc->name);
+    if (!w && !(pc->impl->flags & TG_PROV_LOCAL))
+        return TG_OK;
+    if (w && !json_is_object(w))
+        FAIL("providers.%s.worker must be an object", pc->name);
+    wc->present = true;
+    json_t *cmd = json_object_get(w, "command");
+    if (cmd) {
+        size_t i, n = json_array_size(cmd);
+        json_t *a;
+        if (!json_is_array(cmd) || n == 0 || n > 256)
+            FAIL("providers.%s.worker.command must be a non-empty array of strings "
+                 "(program and arguments)", pc->name);
+        wc->command = calloc(n + 1, sizeof *wc->command);
+        if (!wc->command)
+            return TG_ERR_NOMEM;
+        json_array_foreach(cmd, i, a) {
+            if (!json_is_string(a))
+                FAIL("providers.%s.worker.command[%zu] must be a string", pc->name, i);
+            if (!(wc->command[i] = tg_config_expand_env(json_string_value(a), where, 0)))
+                return TG_ERR_NOMEM;
+        }
+    }
+    char *hu = NULL;
+    if ((rc = get_string(w, "health_url", NULL, &hu, where, err, errlen)))
+        goto out;
+    rc = TG_ERR_PARSE;
+    if (!hu) {
+        /* llama-server: /health next to /v1 */
+        size_t bl = strlen(pc->base_url);
+        hu = malloc(bl + sizeof "/health");
+        if (!hu)
+            return TG_ERR_NOMEM;
+        memcpy(hu, pc->base_url, bl + 1);
+        if (bl >= 3 && strcmp(hu + bl - 3, "/v1") == 0)
+            hu[bl - 3] = '\0';
+        strcat(hu, "/health");
+    }
+    wc->health_url = hu;
+    if (!is_http_url(hu))
+        FAIL("providers.%s.worker.health_url must be an http(s) URL", pc->name);
+    if ((rc = get_long(w, "slots", 0, 0, 1024, &wc->slots, where, err, errlen)) ||
+        (rc = get_long(w, "queue", 16, 0, 100000, &wc->queue, where, err, errlen)) ||
+        (rc = get_long(w, "health_interval_ms", 1000, 50, 600000, &wc->health_interval_ms,
+                       where, err, errlen)) ||
+        (rc = get_long(w, "restart_backoff_ms", 500, 10, 600000, &wc->restart_backoff_ms,
+                       where, err, errlen)) ||
+        (rc = get_long(w, "restart_backoff_max_ms", 30000, 10, 3600000,
+                       &wc->restart_backoff_max_ms, where, err, errlen)))
+        goto out;
+    rc = TG_OK;
+out:
+    return rc;
+}
+
+static int parse_local_price(struct tg_provider_conf *pc, json_t *obj, char *err, size_t errlen)
+{
+    int rc = TG_ERR_PARSE;
+    json_t *p = json_object_get(obj, "price");
+    if (p) {
+        const char *in = json_string_value(json_object_get(p, "input"));
+        const char *outp = json_string_value(json_object_get(p, "output"));
+        const char *ps = json_string_value(json_object_get(p, "per_second"));
+        if (!json_is_object(p) || !in || !outp || tg_usd_parse(in, &pc->price_in_nano) ||
+            tg_usd_parse(outp, &pc->price_out_nano) ||
+            (json_object_get(p, "per_second") && (!ps || tg_usd_parse(ps, &pc->price_per_second_nano))))
+            FAIL("providers.%s.price must be {\"input\": \"0\", \"output\": \"0\"} with "
+                 "USD per million tokens as decimal strings (optional \"per_second\": USD per "
+                 "second of worker time)", pc->name);
+        pc->price_override = true;
+    } else if (pc->impl->flags & TG_PROV_LOCAL) {
+        pc->price_override = true;   /* local inference is free unless priced */
+    }
+    json_t *sr = json_object_get(obj, "savings_reference");
+    if (sr) {
+        const char *sp = json_string_value(json_object_get(sr, "provider"));
+        const char *sm = json_string_value(json_object_get(sr, "model"));
+        if (!json_is_object(sr) || !sp || !sm ||
+            tg_strlcpy_checked(pc->savings_provider, sp, sizeof pc->savings_provider) ||
+            tg_strlcpy_checked(pc->savings_model, sm, sizeof pc->savings_model))
+            FAIL("providers.%s.savings_reference must be {\"provider\": NAME, \"model\": "
+                 "CATALOG_ID}", pc->name);
+    }
+    rc = TG_OK;
+out:
+    return rc;
+}
+
 static int parse_provider(struct tg_provider_conf *pc, const char *name, json_t *obj,
                           char *err, size_t errlen)
 {
@@ -214,6 +308,9 @@ static int parse_provider(struct tg_provider_conf *pc, const char *name, json_t 
         goto out;
     if ((rc = get_long(obj, "retry_after_cap_ms", 5000, 0, 600000, &pc->retry_after_cap_ms,
                        where, err, errlen)))
+        goto out;
+    if ((rc = parse_worker(pc, json_object_get(obj, "worker"), err, errlen)) ||
+        (rc = parse_local_price(pc, obj, err, errlen)))
         goto out;
     rc = TG_OK;
 out:
@@ -360,7 +457,23 @@ int tg_config_parse(struct tg_config *cfg, const char *text, const char *path, c
             goto out;
         *bk[i].dst = (int)v;
     }
+    json_t *img = json_object_get(root, "images");
+    if (img && !json_is_object(img)) {
+        rc = TG_ERR_PARSE;
+        FAIL("images must be an object");
+    }
+    if ((rc = get_long(img, "max_bytes", 10L * 1024 * 1024, 1024, 256L * 1024 * 1024,
+                       &cfg->image_max_bytes, "images.", err, errlen)) ||
+        (rc = get_long(img, "timeout_ms", 10000, 100, 600000, &cfg->image_timeout_ms,
+                       "images.", err, errlen)) ||
+        (rc = get_long(img, "max_redirects", 3, 0, 20, &cfg->image_max_redirects, "images.",
+                       err, errlen)))
+        goto out;
     rc = TG_ERR_PARSE;
+    json_t *ap = json_object_get(img, "allow_private_hosts");
+    if (ap && !json_is_boolean(ap))
+        FAIL("images.allow_private_hosts must be true or false");
+    cfg->image_allow_private = json_is_true(ap);
     json_t *auth = json_object_get(root, "auth");
     if (auth && !json_is_object(auth))
         FAIL("auth must be an object like {\"enabled\": true, \"admin_key\": \"${TOLLGATE_ADMIN_KEY}\"}");
@@ -408,6 +521,10 @@ void tg_config_cleanup(struct tg_config *cfg)
 {
     for (size_t i = 0; i < cfg->n_providers; i++) {
         free(cfg->providers[i].base_url);
+        free(cfg->providers[i].worker.health_url);
+        for (char **a = cfg->providers[i].worker.command; a && *a; a++)
+            free(*a);
+        free(cfg->providers[i].worker.command);
         if (cfg->providers[i].api_key) {
             /* keys do not linger in freed memory */
             memset(cfg->providers[i].api_key, 0, strlen(cfg->providers[i].api_key));

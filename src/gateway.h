@@ -13,6 +13,7 @@
 #include "tollgate/health.h"
 
 struct tg_engine;
+struct tg_worker;
 struct MHD_Daemon;
 
 /* One loaded price book. Requests keep a reference to the snapshot they were routed with,
@@ -28,6 +29,7 @@ struct tg_gateway {
     struct tg_catalog_snap *cat;
     struct tg_health *health;
     struct tg_keystore *keys;       /* NULL when auth is off */
+    struct tg_worker *workers;      /* local workers (list), NULL if none */
     struct tg_ledger *ledger;
     struct tg_engine *engine;
     struct MHD_Daemon *mhd;

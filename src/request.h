@@ -70,6 +70,12 @@ struct tg_request {
     struct tg_limits_view limits;  /* the key's rate-limit figures for headers */
     int64_t cost_total_nano;       /* all attempts' known costs, for the budget */
     int64_t tokens_total;          /* all attempts' tokens, for the per-minute window */
+    struct tg_worker *slot_held;   /* a local worker slot this attempt holds */
+    struct tg_request *slot_next;  /* the worker's queue link */
+    long long queued_at_us;        /* when the attempt started waiting for a slot */
+    int refusal;                   /* attempt refused before sending: enum in chat.c */
+    bool images_inlined;           /* client_json_inline is ready */
+    json_t *client_json_inline;    /* the body with image URLs fetched into data: URIs */
     char *up_body;                 /* serialized upstream body (owned) */
     size_t up_body_len;
     int64_t prompt_estimate;       /* tokens, from message text length */

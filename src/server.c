@@ -98,6 +98,11 @@ static enum MHD_Result queue_json(struct MHD_Connection *conn, unsigned status, 
     } else if (r && r->key) {
         add_key_limits(resp, &r->limits);
     }
+    if (r && status == 503 && r->meta.retry_after_s >= 0) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%ld", r->meta.retry_after_s);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     if (r && status == 200 && r->le.cost_nano >= 0) {
         char usd[32];
         MHD_add_response_header(resp, "x-tollgate-cost-usd",

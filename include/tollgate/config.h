@@ -12,6 +12,17 @@
 
 struct tg_provider;   /* provider.h */
 
+/* A local worker tollgate health-checks and, when command is set, starts and supervises. */
+struct tg_worker_conf {
+    bool present;
+    char **command;                   /* owned, NULL-terminated argv; NULL = not supervised */
+    char *health_url;                 /* owned */
+    long slots;                       /* concurrent requests; 0 = read /props total_slots */
+    long queue;                       /* waiting requests beyond the slots */
+    long health_interval_ms;
+    long restart_backoff_ms, restart_backoff_max_ms;
+};
+
 /* One configured upstream. name is the config key ("groq"); impl the adapter it uses. */
 struct tg_provider_conf {
     char name[TG_NAME_MAX];
@@ -29,6 +40,12 @@ struct tg_provider_conf {
     long backoff_max_ms;              /* delay cap */
     long retry_after_cap_ms;          /* longest Retry-After honoured before moving on */
     bool usable;                      /* has a key (or needs none) */
+    struct tg_worker_conf worker;     /* local workers only */
+    bool price_override;              /* "price" given: it replaces the catalog's */
+    int64_t price_in_nano, price_out_nano;   /* per million tokens */
+    int64_t price_per_second_nano;    /* worker time, added to the token price */
+    char savings_provider[TG_NAME_MAX];      /* cloud reference for savings; "" = cheapest */
+    char savings_model[TG_MODEL_MAX];
 };
 
 struct tg_config {
@@ -50,6 +67,9 @@ struct tg_config {
     long fastest_min_samples;         /* :fastest explores pairs with fewer samples */
     long fastest_stale_ms;            /* ... or whose last sample is older */
     struct tg_breaker_conf breaker;
+    /* images fetched for providers that need them inline */
+    long image_max_bytes, image_timeout_ms, image_max_redirects;
+    bool image_allow_private;
     /* keys */
     bool auth_enabled;                /* requests need a tollgate key (default on) */
     char *admin_key;                  /* owned; "" = admin API disabled */

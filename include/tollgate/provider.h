@@ -20,6 +20,7 @@ enum tg_provider_flag {
     TG_PROV_VISION = 1u << 2,        /* some models take image parts */
     TG_PROV_LOCAL = 1u << 3,         /* runs on this host */
     TG_PROV_NEEDS_KEY = 1u << 4,     /* unusable without an API key */
+    TG_PROV_INLINE_IMAGES = 1u << 5, /* image URLs are fetched by tollgate and sent inline */
 };
 
 /* Why an upstream attempt failed; drives retries and the breaker. */
@@ -33,6 +34,7 @@ enum tg_fault {
     TG_FAULT_CALLER,         /* 4xx caused by the request itself: never retried */
     TG_FAULT_AUTH,           /* the provider rejected OUR key (401/403) */
     TG_FAULT_CLIENT_GONE,    /* the client disconnected */
+    TG_FAULT_SATURATED,      /* a local worker's slots and queue are full, or it is loading */
 };
 
 /* Token usage as the provider reported it. */
