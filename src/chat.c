@@ -18,6 +18,8 @@
 #include "json_util.h"
 #include "request.h"
 #include "worker.h"
+#include "workpool.h"
+#include "tollgate/images.h"
 #include "tollgate/backoff.h"
 #include "tollgate/keys.h"
 #include "tollgate/keystore.h"
@@ -28,6 +30,7 @@
 
 static void on_reserved(void *ud, int st, int64_t row_id);
 static void on_settled(void *ud, int st, int64_t row_id);
+static void reject(struct tg_request *r);
 
 /* Why an attempt was refused before anything was sent (r->refusal). */
 enum { REFUSE_NONE = 0, REFUSE_WORKER_FULL, REFUSE_WORKER_NOT_READY };
@@ -42,7 +45,8 @@ static int build_attempt(struct tg_request *r)
     const struct tg_candidate *c = &r->plan.c[r->cand];
     int rc = TG_ERR_NOMEM;
     char *auth = NULL;
-    json_t *body = json_deep_copy(r->client_json);
+    bool inline_imgs = (c->pc->impl->flags & TG_PROV_INLINE_IMAGES) && r->client_json_inline;
+    json_t *body = json_deep_copy(inline_imgs ? r->client_json_inline : r->client_json);
     if (!body)
         goto out;
     json_object_del(body, "provider");
@@ -271,6 +275,70 @@ static void start_attempt(struct tg_request *r)
     }
 }
 
+/* ---- images ----------------------------------------------------------------------- */
+
+static void image_policy(const struct tg_request *r, struct tg_image_policy *pol)
+{
+    pol->max_bytes = r->gw->cfg.image_max_bytes;
+    pol->timeout_ms = r->gw->cfg.image_timeout_ms;
+    pol->max_redirects = r->gw->cfg.image_max_redirects;
+    pol->allow_private = r->gw->cfg.image_allow_private;
+}
+
+/* Images go only to vision models, data: URIs must be sound, and URLs bound for a worker
+ * that cannot fetch them (local) are fetched by us first (*need_fetch). */
+static int check_images(struct tg_request *r, bool *need_fetch)
+{
+    bool has_url;
+    const json_t *msgs = json_object_get(r->client_json, "messages");
+    *need_fetch = false;
+    if (tg_images_count(msgs, &has_url) == 0)
+        return TG_OK;
+    if (r->plan.model && !(r->plan.model->caps & TG_CAP_VISION)) {
+        char list[512];
+        size_t off = 0;
+        list[0] = '\0';
+        for (size_t i = 0; i < r->cat->cat.n_models && off < sizeof list; i++)
+            if (r->cat->cat.models[i].caps & TG_CAP_VISION)
+                off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", off ? ", " : "",
+                                        r->cat->cat.models[i].id);
+        tg_error_set(&r->error, 400, TG_SRC_CALLER, "invalid_request_error", "messages",
+                     "model_not_vision", "model %s does not accept images; vision models: %s",
+                     r->plan.model->id, list);
+        return TG_ERR_PARSE;
+    }
+    struct tg_image_policy pol;
+    image_policy(r, &pol);
+    if (tg_images_validate(msgs, &pol, &r->error) != TG_OK)
+        return TG_ERR_PARSE;
+    for (size_t i = 0; i < r->plan.n && has_url; i++)
+        if (r->plan.c[i].pc->impl->flags & TG_PROV_INLINE_IMAGES)
+            *need_fetch = true;
+    return TG_OK;
+}
+
+/* On the work pool: fetch every image URL into a copy of the body, then go on. */
+static void fetch_images_job(void *arg)
+{
+    struct tg_request *r = arg;
+    struct tg_image_policy pol;
+    image_policy(r, &pol);
+    json_t *copy = json_deep_copy(r->client_json);
+    if (!copy) {
+        tg_error_set(&r->error, 500, TG_SRC_GATEWAY, "server_error", NULL, NULL, "out of memory");
+        answer_error(r);
+    } else if (tg_images_inline(json_object_get(copy, "messages"), &pol, &r->error) != TG_OK) {
+        json_decref(copy);
+        r->le.http_status = r->error.http_status;
+        reject(r);
+        answer_error(r);
+    } else {
+        r->client_json_inline = copy;
+        start_attempt(r);
+    }
+    tg_request_unref(r);
+}
+
 /* ---- beginning -------------------------------------------------------------------- */
 
 static void reject(struct tg_request *r)
@@ -333,6 +401,11 @@ int tg_chat_begin(struct tg_request *r)
         reject(r);
         goto sync_error;
     }
+    bool need_fetch = false;
+    if (check_images(r, &need_fetch) != TG_OK) {
+        reject(r);
+        goto sync_error;
+    }
     r->cand = admitted_candidate(r, 0);
     if (r->cand == r->plan.n) {
         /* every breaker is open or its one half-open probe is out */
@@ -349,6 +422,17 @@ int tg_chat_begin(struct tg_request *r)
     tg_request_sleep_locked(r);
     pthread_mutex_unlock(&r->mu);
     r->next_delay_ms = 0;
+    if (need_fetch) {
+        /* image URLs for a local worker: fetched on the pool, then the first attempt */
+        tg_request_ref(r);
+        if (tg_workpool_submit(r->gw->pool, fetch_images_job, r) != TG_OK) {
+            tg_request_unref(r);
+            tg_error_set(&r->error, 503, TG_SRC_GATEWAY, "service_unavailable", NULL,
+                         "image_fetch_busy", "too many image fetches in progress; retry shortly");
+            answer_error(r);
+        }
+        return TG_OK;
+    }
     start_attempt(r);
     return TG_OK;
 

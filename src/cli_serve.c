@@ -17,6 +17,7 @@
 #include "json_util.h"
 #include "server.h"
 #include "worker.h"
+#include "workpool.h"
 #include "tollgate/cli.h"
 #include "tollgate/keystore.h"
 #include "tollgate/log.h"
@@ -178,6 +179,11 @@ int tg_cli_serve(int argc, char **argv)
         fprintf(stderr, "tollgate: %s\n", err);
         goto out_ledger;
     }
+    gw->pool = tg_workpool_new(2, 1024);
+    if (!gw->pool) {
+        fprintf(stderr, "tollgate: cannot start the work pool\n");
+        goto out_engine;
+    }
     if (tg_workers_start(gw, err, sizeof err) != TG_OK) {
         fprintf(stderr, "tollgate: %s\n", err);
         goto out_engine;
@@ -214,6 +220,8 @@ int tg_cli_serve(int argc, char **argv)
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)
         usleep(50 * 1000);
 out_engine:
+    tg_workpool_free(gw->pool);   /* finishes queued image fetches first */
+    gw->pool = NULL;
     tg_workers_stop(gw);
     tg_engine_free(gw->engine);   /* aborts what still runs; those rows settle as failed */
     gw->engine = NULL;

@@ -14,6 +14,7 @@
 
 struct tg_engine;
 struct tg_worker;
+struct tg_workpool;
 struct MHD_Daemon;
 
 /* One loaded price book. Requests keep a reference to the snapshot they were routed with,
@@ -30,6 +31,7 @@ struct tg_gateway {
     struct tg_health *health;
     struct tg_keystore *keys;       /* NULL when auth is off */
     struct tg_worker *workers;      /* local workers (list), NULL if none */
+    struct tg_workpool *pool;       /* blocking side jobs: image fetches, admin queries */
     struct tg_ledger *ledger;
     struct tg_engine *engine;
     struct MHD_Daemon *mhd;

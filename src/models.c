@@ -8,6 +8,7 @@
 
 #include "gateway.h"
 #include "server.h"
+#include "worker.h"
 #include "json_util.h"
 #include "tollgate/money.h"
 #include "tollgate/provider.h"
@@ -25,13 +26,30 @@ static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_catal
 {
     struct tg_health_stats hs;
     tg_health_get(gw->health, pc->name, o->model, tg_wall_ms(), &hs);
-    /* HF's status is live|error; the breaker's own state says why */
+    /* HF's status is live|error; the breaker's own state says why. A local worker adds
+     * "loading" while its model loads. */
     bool live = pc->usable && hs.state != TG_BREAKER_OPEN;
+    struct tg_worker *w = tg_worker_for((struct tg_gateway *)gw, pc);
+    enum tg_worker_state ws = w ? tg_worker_state(w) : TG_WORKER_READY;
+    const char *status = !live ? "error" : ws == TG_WORKER_READY ? "live"
+                                         : ws == TG_WORKER_LOADING ? "loading" : "error";
     json_t *p = json_pack("{s:s, s:s, s:s, s:s}", "provider", pc->name, "model", o->model,
-                          "status", live ? "live" : "error", "breaker",
-                          tg_breaker_state_name(hs.state));
+                          "status", status, "breaker", tg_breaker_state_name(hs.state));
     if (!p)
         return NULL;
+    if (w) {
+        int slots, in_flight, queued;
+        tg_worker_load(w, &slots, &in_flight, &queued);
+        json_object_set_new(p, "worker", json_pack("{s:s, s:i, s:i, s:i, s:I}", "state",
+                                                   tg_worker_state_name(ws), "slots", slots,
+                                                   "in_flight", in_flight, "queued", queued,
+                                                   "queue_limit", (json_int_t)pc->worker.queue));
+        if (ws != TG_WORKER_READY && live)
+            json_object_set_new(p, "status_detail",
+                                json_string(ws == TG_WORKER_LOADING
+                                                ? "the local worker is loading its model"
+                                                : "the local worker is not reachable"));
+    }
     if (!pc->usable)
         json_object_set_new(p, "status_detail", json_string("provider has no API key configured"));
     else if (hs.state == TG_BREAKER_OPEN)
@@ -45,17 +63,24 @@ static json_t *provider_entry(const struct tg_gateway *gw, const struct tg_catal
         json_object_set_new(p, "context_length", json_integer(o->context_length));
     if (o->max_output)
         json_object_set_new(p, "max_output_tokens", json_integer(o->max_output));
-    if (o->price_known) {
+    bool priced = pc->price_override || o->price_known;
+    int64_t pin = pc->price_override ? pc->price_in_nano : o->input_nano_per_mtok;
+    int64_t pout = pc->price_override ? pc->price_out_nano : o->output_nano_per_mtok;
+    if (priced) {
         char in[32], out[32];
-        json_object_set_new(p, "pricing",
-                            json_pack("{s:o, s:o}", "input", price_number(o->input_nano_per_mtok),
-                                      "output", price_number(o->output_nano_per_mtok)));
+        json_object_set_new(p, "pricing", json_pack("{s:o, s:o}", "input", price_number(pin),
+                                                    "output", price_number(pout)));
         json_object_set_new(
             p, "pricing_usd_per_million",
-            json_pack("{s:s, s:s, s:s}", "input",
-                      tg_usd_format_short(o->input_nano_per_mtok, in, sizeof in), "output",
-                      tg_usd_format_short(o->output_nano_per_mtok, out, sizeof out), "version",
-                      cat->version));
+            json_pack("{s:s, s:s, s:s}", "input", tg_usd_format_short(pin, in, sizeof in),
+                      "output", tg_usd_format_short(pout, out, sizeof out), "version",
+                      pc->price_override ? "provider config" : cat->version));
+        if (pc->price_per_second_nano > 0) {
+            char ps[32];
+            json_object_set_new(json_object_get(p, "pricing_usd_per_million"), "per_second",
+                                json_string(tg_usd_format_short(pc->price_per_second_nano, ps,
+                                                                sizeof ps)));
+        }
     } else {
         json_object_set_new(p, "pricing", json_null());
     }

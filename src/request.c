@@ -87,6 +87,7 @@ void tg_request_unref(struct tg_request *r)
     tg_buf_free(&r->up_resp);
     tg_buf_free(&r->out);
     json_decref(r->client_json);
+    json_decref(r->client_json_inline);
     json_decref(r->resp_json);
     tg_error_cleanup(&r->error);
     free(r->up_body);
