@@ -482,6 +482,8 @@ test('@huggingface/inference unknown model -> ProviderApiError, status 404', T, 
 test('models.list() iterates the catalog', T, async () => {
   const catalog = JSON.parse(fs.readFileSync(path.join(TG_SOURCE_DIR, 'config', 'catalog.json'),
     'utf8'));
+  // the gateway lists the models its configured providers serve (here: the cloud three)
+  catalog.models = catalog.models.filter((m) => Object.keys(m.providers).some((p) => PROVIDERS.includes(p)));
   const seen = [];
   for await (const m of client().models.list()) {
     assert.equal(m.object, 'model');

@@ -729,10 +729,17 @@ _catalog_cache = []
 
 
 def catalog():
+    """The catalog as this harness's gateway sees it: only the offers of the providers the
+    harness configures (the local SmolVLM2 worker has its own tests), and only models
+    that keep at least one offer."""
     if not _catalog_cache:
         with open(CATALOG_PATH, encoding="utf-8") as f:
             _catalog_cache.append(json.load(f))
-    return copy.deepcopy(_catalog_cache[0])
+    cat = copy.deepcopy(_catalog_cache[0])
+    for m in cat["models"]:
+        m["providers"] = {p: o for p, o in m["providers"].items() if p in PROVIDERS}
+    cat["models"] = [m for m in cat["models"] if m["providers"]]
+    return cat
 
 
 def catalog_model(model_id):

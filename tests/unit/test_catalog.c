@@ -84,7 +84,7 @@ static void test_shipped_catalog_models(void **state)
     struct tg_catalog cat;
     load_shipped(&cat);
     assert_string_equal(cat.version, "2026-07-02");
-    assert_int_equal(cat.n_models, 5);
+    assert_int_equal(cat.n_models, 8);   /* five cloud models, three local SmolVLM2 */
     static const char *const required[] = {
         "openai/gpt-oss-120b", "openai/gpt-oss-20b", "meta-llama/Llama-3.3-70B-Instruct",
         "meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-4-Scout-17B-16E-Instruct",
@@ -115,6 +115,16 @@ static void test_shipped_catalog_models(void **state)
     tg_catalog_cleanup(&cat);
     assert_null(cat.models);
     assert_int_equal(cat.n_models, 0);
+    static const char *const local[] = {
+        "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+    };
+    for (size_t i = 0; i < 3; i++) {
+        const struct tg_model *lm = must_model(&cat, local[i]);
+        assert_true(lm->caps & TG_CAP_VISION);
+        assert_non_null(tg_model_offer(lm, "local"));
+        assert_false(tg_model_offer(lm, "local")->price_known);   /* priced by the provider */
+    }
 }
 
 /* The prices in providers.md (models.dev snapshot 2026-07-02 and the cited older catalogs). */

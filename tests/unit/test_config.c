@@ -122,7 +122,8 @@ static void check_example(const struct tg_config *cfg)
     assert_non_null(cfg->ledger_path);
     assert_false(cfg->ledger_sync_full);
 
-    assert_int_equal(cfg->n_providers, 3);
+    /* three cloud providers and the local SmolVLM2 worker */
+    assert_int_equal(cfg->n_providers, 4);
     static const struct {
         const char *name, *base_url, *key;
         long connect_ms, timeout_ms, stream_ms;
@@ -145,7 +146,16 @@ static void check_example(const struct tg_config *cfg)
         /* the default order is the file's routing.default_order */
         assert_ptr_equal(cfg->default_order[i], pc);
     }
-    assert_int_equal(cfg->n_default_order, 3);
+    assert_int_equal(cfg->n_default_order, 4);
+    const struct tg_provider_conf *local = must_provider(cfg, "local");
+    assert_ptr_equal(local->impl, tg_provider_find("local"));
+    assert_true(local->usable);   /* a local worker needs no key */
+    assert_true(local->worker.present);
+    assert_null(local->worker.command);   /* health-checked, not supervised */
+    assert_string_equal(local->worker.health_url, "http://127.0.0.1:8081/health");
+    assert_true(local->price_override);
+    assert_int_equal(local->price_in_nano, 0);
+    assert_true(cfg->auth_enabled);
 }
 
 static void test_example_parses(void **state)
