@@ -197,12 +197,12 @@ static size_t on_hdr(char *p, size_t s, size_t n, void *ud)
         const char *v = line + 13;
         while (*v == ' ')
             v++;
-        snprintf(f->ctype, sizeof f->ctype, "%s", v);
+        snprintf(f->ctype, sizeof f->ctype, "%.*s", (int)sizeof f->ctype - 1, v);
     } else if (strncasecmp(line, "location:", 9) == 0) {
         const char *v = line + 9;
         while (*v == ' ')
             v++;
-        snprintf(f->location, sizeof f->location, "%s", v);
+        snprintf(f->location, sizeof f->location, "%.*s", (int)sizeof f->location - 1, v);
     }
     return len;
 }
