@@ -105,81 +105,6 @@ out:
     return rc;
 }
 
-/* The price that applies on candidate c: the provider's own (local workers) or the
- * catalog's. false when unknown. */
-static bool effective_price(const struct tg_candidate *c, int64_t *in, int64_t *out)
-{
-    if (c->pc->price_override) {
-        *in = c->pc->price_in_nano;
-        *out = c->pc->price_out_nano;
-        return true;
-    }
-    if (c->offer && c->offer->price_known) {
-        *in = c->offer->input_nano_per_mtok;
-        *out = c->offer->output_nano_per_mtok;
-        return true;
-    }
-    return false;
-}
-
-/* Worst-case cost of the request on candidate c (nano-USD), or -1 if its price is unknown:
- * the prompt at twice the usual estimate (2 characters a token) plus the output cap. */
-static int64_t worst_cost(const struct tg_request *r, const struct tg_candidate *c)
-{
-    int64_t pin, pout;
-    if (!effective_price(c, &pin, &pout) || c->pc->price_per_second_nano > 0)
-        return -1;   /* time-priced work has no token bound */
-    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
-    if (!json_is_integer(mt))
-        mt = json_object_get(r->client_json, "max_tokens");
-    int64_t out_cap = json_is_integer(mt)                   ? json_integer_value(mt)
-                      : c->offer && c->offer->max_output     ? c->offer->max_output
-                      : c->offer && c->offer->context_length ? c->offer->context_length
-                                                             : 4096;
-    int64_t worst;
-    if (tg_cost_nano(r->prompt_estimate * 2, pin, out_cap, pout, &worst) != TG_OK)
-        return -1;
-    return worst;
-}
-
-/* Key scopes, rate limits and budget, before anything is sent. TG_OK or r->error set. */
-static int admit_key(struct tg_request *r)
-{
-    char provs[256], models[512];
-    struct tg_keystore *ks = r->gw->keys;
-    tg_keystore_scopes(ks, r->key, provs, sizeof provs, models, sizeof models);
-    const char *mid = r->plan.model ? r->plan.model->id : r->plan.model_out;
-    if (!tg_key_scope_allows(models, mid)) {
-        tg_error_set(&r->error, 403, TG_SRC_POLICY, "permission_error", "model",
-                     "model_not_allowed", "key %s may not use model %s (allowed: %s)",
-                     r->le.key_id, mid, models);
-        return TG_ERR_STATE;
-    }
-    size_t keep = 0;
-    for (size_t i = 0; i < r->plan.n; i++)
-        if (tg_key_scope_allows(provs, r->plan.c[i].pc->name))
-            r->plan.c[keep++] = r->plan.c[i];
-    if (keep == 0) {
-        tg_error_set(&r->error, 403, TG_SRC_POLICY, "permission_error", "provider",
-                     "provider_not_allowed", "key %s may not use provider %s (allowed: %s)",
-                     r->le.key_id, r->plan.c[0].pc->name, provs);
-        return TG_ERR_STATE;
-    }
-    r->plan.n = keep;
-    /* the budget holds the dearest candidate's worst case: a fallback can never overshoot */
-    int64_t worst = 0;
-    for (size_t i = 0; i < r->plan.n && worst >= 0; i++) {
-        int64_t w = worst_cost(r, &r->plan.c[i]);
-        worst = w < 0 ? -1 : (w > worst ? w : worst);
-    }
-    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
-    if (!json_is_integer(mt))
-        mt = json_object_get(r->client_json, "max_tokens");
-    int64_t tokens = r->prompt_estimate + (json_is_integer(mt) ? json_integer_value(mt) : 0);
-    return tg_keystore_admit(ks, r->key, tokens, worst, tg_wall_ms(), &r->adm, &r->limits,
-                             &r->error);
-}
-
 static void entry_for_attempt(struct tg_request *r)
 {
     const struct tg_candidate *c = &r->plan.c[r->cand];
@@ -191,7 +116,7 @@ static void entry_for_attempt(struct tg_request *r)
              r->plan.model ? r->plan.model->id : "");
     snprintf(e->model_upstream, sizeof e->model_upstream, "%s", c->upstream_model);
     snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
-    e->reserved_nano = worst_cost(r, c);
+    e->reserved_nano = tg_chat_worst_cost(r, c);
 }
 
 /* ---- attempts -------------------------------------------------------------------- */
@@ -277,52 +202,12 @@ static void start_attempt(struct tg_request *r)
 
 /* ---- images ----------------------------------------------------------------------- */
 
-static void image_policy(const struct tg_request *r, struct tg_image_policy *pol)
-{
-    pol->max_bytes = r->gw->cfg.image_max_bytes;
-    pol->timeout_ms = r->gw->cfg.image_timeout_ms;
-    pol->max_redirects = r->gw->cfg.image_max_redirects;
-    pol->allow_private = r->gw->cfg.image_allow_private;
-}
-
-/* Images go only to vision models, data: URIs must be sound, and URLs bound for a worker
- * that cannot fetch them (local) are fetched by us first (*need_fetch). */
-static int check_images(struct tg_request *r, bool *need_fetch)
-{
-    bool has_url;
-    const json_t *msgs = json_object_get(r->client_json, "messages");
-    *need_fetch = false;
-    if (tg_images_count(msgs, &has_url) == 0)
-        return TG_OK;
-    if (r->plan.model && !(r->plan.model->caps & TG_CAP_VISION)) {
-        char list[512];
-        size_t off = 0;
-        list[0] = '\0';
-        for (size_t i = 0; i < r->cat->cat.n_models && off < sizeof list; i++)
-            if (r->cat->cat.models[i].caps & TG_CAP_VISION)
-                off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", off ? ", " : "",
-                                        r->cat->cat.models[i].id);
-        tg_error_set(&r->error, 400, TG_SRC_CALLER, "invalid_request_error", "messages",
-                     "model_not_vision", "model %s does not accept images; vision models: %s",
-                     r->plan.model->id, list);
-        return TG_ERR_PARSE;
-    }
-    struct tg_image_policy pol;
-    image_policy(r, &pol);
-    if (tg_images_validate(msgs, &pol, &r->error) != TG_OK)
-        return TG_ERR_PARSE;
-    for (size_t i = 0; i < r->plan.n && has_url; i++)
-        if (r->plan.c[i].pc->impl->flags & TG_PROV_INLINE_IMAGES)
-            *need_fetch = true;
-    return TG_OK;
-}
-
 /* On the work pool: fetch every image URL into a copy of the body, then go on. */
 static void fetch_images_job(void *arg)
 {
     struct tg_request *r = arg;
     struct tg_image_policy pol;
-    image_policy(r, &pol);
+    tg_chat_image_policy(r, &pol);
     json_t *copy = json_deep_copy(r->client_json);
     if (!copy) {
         tg_error_set(&r->error, 500, TG_SRC_GATEWAY, "server_error", NULL, NULL, "out of memory");
@@ -397,12 +282,12 @@ int tg_chat_begin(struct tg_request *r)
         reject(r);
         goto sync_error;
     }
-    if (r->key && admit_key(r) != TG_OK) {
+    if (r->key && tg_chat_admit_key(r) != TG_OK) {
         reject(r);
         goto sync_error;
     }
     bool need_fetch = false;
-    if (check_images(r, &need_fetch) != TG_OK) {
+    if (tg_chat_check_images(r, &need_fetch) != TG_OK) {
         reject(r);
         goto sync_error;
     }
@@ -606,7 +491,7 @@ static void account(struct tg_request *r, const struct tg_usage *u, int64_t cont
     }
     e->cost_nano = -1;
     int64_t pin, pout, cost;
-    if (effective_price(c, &pin, &pout) &&
+    if (tg_chat_effective_price(c, &pin, &pout) &&
         tg_cost_nano(e->prompt_tokens, pin, e->completion_tokens, pout, &cost) == TG_OK) {
         if (c->pc->price_per_second_nano > 0 && e->duration_us > 0) {
             /* worker time, rounded half up once to a whole nano-USD */

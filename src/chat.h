@@ -46,6 +46,19 @@ void tg_chat_slot_granted(struct tg_request *r);
 /* A queued attempt will never get a slot (the worker is stopping). */
 void tg_chat_slot_refused(struct tg_request *r);
 
+/* ---- chat_admit.c ---- */
+struct tg_candidate;
+struct tg_image_policy;
+/* The price on candidate c (provider override or catalog); false when unknown. */
+bool tg_chat_effective_price(const struct tg_candidate *c, int64_t *in, int64_t *out);
+/* Worst-case cost of r on c in nano-USD (prompt estimate x2 + the output cap), -1 unknown. */
+int64_t tg_chat_worst_cost(const struct tg_request *r, const struct tg_candidate *c);
+/* Key scopes (filters r->plan), rate limits and budget hold. TG_OK or r->error set. */
+int tg_chat_admit_key(struct tg_request *r) TG_WUR;
+/* Images: vision-only, data: URIs validated; *need_fetch when URLs must be inlined. */
+int tg_chat_check_images(struct tg_request *r, bool *need_fetch) TG_WUR;
+void tg_chat_image_policy(const struct tg_request *r, struct tg_image_policy *pol);
+
 /* HTTP thread: the request ended on the client side (completed callback). ok: the full
  * response was sent. Drops the HTTP layer's reference. */
 void tg_chat_client_done(struct tg_request *r, bool ok);
