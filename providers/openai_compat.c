@@ -38,7 +38,7 @@ const char *tg_fault_name(enum tg_fault f)
 {
     static const char *const names[] = {"none", "connect", "timeout", "rate_limited",
                                         "upstream_5xx", "bad_response", "caller", "auth",
-                                        "client_gone", "saturated"};
+                                        "client_gone", "saturated", "shutdown"};
     return (unsigned)f < sizeof names / sizeof names[0] ? names[f] : "unknown";
 }
 

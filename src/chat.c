@@ -76,8 +76,7 @@ static int build_attempt(struct tg_request *r)
         goto out;
     snprintf(r->up_url, ulen, "%s/chat/completions", c->pc->base_url);
 
-    if (r->up_headers)
-        curl_slist_free_all(r->up_headers);
+    tg_headers_free(r->up_headers);
     r->up_headers = NULL;
     struct curl_slist *h = NULL;
     if (c->pc->api_key[0]) {
@@ -115,7 +114,10 @@ static void entry_for_attempt(struct tg_request *r)
     snprintf(e->model_canonical, sizeof e->model_canonical, "%s",
              r->plan.model ? r->plan.model->id : "");
     snprintf(e->model_upstream, sizeof e->model_upstream, "%s", c->upstream_model);
-    snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
+    if (c->pc->price_override)
+        snprintf(e->price_version, sizeof e->price_version, "config:%.32s", c->pc->name);
+    else
+        snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
     e->reserved_nano = tg_chat_worst_cost(r, c);
 }
 
@@ -346,6 +348,11 @@ static void on_reserved(void *ud, int st, int64_t row_id)
     pthread_mutex_lock(&r->mu);
     tg_request_set_state(r, TG_RS_RESERVED);
     pthread_mutex_unlock(&r->mu);
+    if (atomic_load(&r->gw->stopping)) {
+        tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);   /* no new attempts now */
+        tg_request_unref(r);
+        return;
+    }
     struct tg_worker *w = tg_worker_for(r->gw, r->plan.c[r->cand].pc);
     if (w) {
         /* a local worker: at most `slots` in flight, a bounded queue behind them */
@@ -384,7 +391,7 @@ void tg_chat_slot_refused(struct tg_request *r)
 void tg_chat_slot_granted(struct tg_request *r)
 {
     r->le.queue_us = tg_now_us() - r->queued_at_us;
-    if (tg_engine_start(r->gw->engine, r, 0) != TG_OK)
+    if (atomic_load(&r->gw->stopping) || tg_engine_start(r->gw->engine, r, 0) != TG_OK)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);
 }
 
@@ -399,6 +406,11 @@ static bool advance(struct tg_request *r)
                 r->plan.c[r->cand].pc->name, r->le.error_type, r->plan.c[next].pc->name);
         r->cand = next;
         r->tries_on_cand = 0;
+    } else if (!tg_health_admit(r->gw->health, r->plan.c[r->cand].pc->name,
+                                r->plan.c[r->cand].upstream_model, tg_wall_ms())) {
+        /* the failure just opened its breaker: do not knock again */
+        r->next_action = NEXT_CANDIDATE;
+        return advance(r);
     } else {
         tg_info("request %s: %s failed (%s); retry %d in %lld ms", r->request_id,
                 r->plan.c[r->cand].pc->name, r->le.error_type, r->tries_on_cand,
@@ -492,14 +504,10 @@ static void account(struct tg_request *r, const struct tg_usage *u, int64_t cont
     e->cost_nano = -1;
     int64_t pin, pout, cost;
     if (tg_chat_effective_price(c, &pin, &pout) &&
-        tg_cost_nano(e->prompt_tokens, pin, e->completion_tokens, pout, &cost) == TG_OK) {
-        if (c->pc->price_per_second_nano > 0 && e->duration_us > 0) {
-            /* worker time, rounded half up once to a whole nano-USD */
-            int64_t us = e->duration_us, ps = c->pc->price_per_second_nano;
-            cost += (ps / 1000000) * us + ((ps % 1000000) * us + 500000) / 1000000;
-        }
+        tg_cost_nano_timed(e->prompt_tokens, pin, e->completion_tokens, pout,
+                           c->pc->price_per_second_nano > 0 && e->duration_us > 0 ? e->duration_us : 0,
+                           c->pc->price_per_second_nano, &cost) == TG_OK)
         e->cost_nano = cost;
-    }
 }
 
 static void fail_with(struct tg_request *r, int status, const char *type, const char *code,
@@ -538,8 +546,9 @@ static void plan_next(struct tg_request *r, enum tg_fault fault)
     const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
     r->next_action = NEXT_FINISH;
     r->next_delay_ms = 0;
-    if (r->stream_started || r->attempts >= r->gw->cfg.max_attempts_total)
-        return;   /* bytes reached the client, or the request's attempt budget is spent */
+    if (r->stream_started || r->attempts >= r->gw->cfg.max_attempts_total ||
+        atomic_load(&r->gw->stopping))
+        return;   /* bytes reached the client, the attempt budget is spent, or we stop */
     switch (fault) {
     case TG_FAULT_CONNECT:
     case TG_FAULT_TIMEOUT:
@@ -643,7 +652,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
                       "could not connect to provider %s (%s)", c->pc->name,
                       curl_easy_strerror(rc));
         } else if (rc == CURLE_ABORTED_BY_CALLBACK) {
-            fault = TG_FAULT_CONNECT;
+            fault = TG_FAULT_SHUTDOWN;
             fail_with(r, 503, "service_unavailable", "shutting_down",
                       "tollgate is shutting down; the request to %s was abandoned", c->pc->name);
         } else if (relayed) {
@@ -678,9 +687,14 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
             status = 502;
             json_object_set_new(json_object_get(eb, "error"), "code",
                                 json_string("provider_auth_failed"));
+            json_object_set_new(json_object_get(eb, "error"), "type",
+                                json_string(tg_error_type_for_status(status)));
         }
-        if (fault == TG_FAULT_RATE_LIMITED && status != 429)
+        if (fault == TG_FAULT_RATE_LIMITED && status != 429) {
             status = 429;   /* Groq's 498 (flex capacity) is not a status clients know */
+            json_object_set_new(json_object_get(eb, "error"), "type",
+                                json_string(tg_error_type_for_status(status)));
+        }
         if (status < 400 || status > 599)
             status = 502;
         tg_error_take(&r->error, status,
@@ -711,7 +725,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
     if (e->cost_nano > 0)
         r->cost_total_nano += e->cost_nano;
     json_t *ru = json_object_get(r->resp_json, "usage");
-    if (ru && e->cost_nano >= 0 && e->usage_source == TG_USAGE_REPORTED) {
+    if (ru && e->cost_nano >= 0) {
         char usd[32];
         json_object_set_new(ru, "cost", json_string(tg_usd_format(e->cost_nano, usd, sizeof usd)));
     }
@@ -731,10 +745,11 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
     }
 
     /* what the breaker and :fastest learn; caller mistakes and departures teach nothing */
-    if (fault != TG_FAULT_CALLER && fault != TG_FAULT_CLIENT_GONE && r->t_attempt_us &&
-        !(rc == CURLE_ABORTED_BY_CALLBACK && !r->timeout_kind))
+    if (fault != TG_FAULT_CALLER && fault != TG_FAULT_CLIENT_GONE &&
+        fault != TG_FAULT_SHUTDOWN && r->t_attempt_us)
         tg_health_record(r->gw->health, c->pc->name, c->upstream_model, fault != TG_FAULT_NONE,
-                         tg_wall_ms(), e->ttfb_us, e->duration_us,
+                         tg_wall_ms(), e->ttfb_us,
+                         relayed && e->ttfb_us > 0 ? e->duration_us - e->ttfb_us : e->duration_us,
                          e->completion_tokens > 0 ? e->completion_tokens : 0);
     plan_next(r, fault);
     settle(r);

@@ -18,6 +18,9 @@ struct tg_error;
  * Returns TG_OK or TG_ERR_PARSE. (chat_validate.c) */
 int tg_chat_validate(json_t *body, struct tg_error *err) TG_WUR;
 
+/* Upper bound on prompt tokens, for budget holds (see chat_validate.c). */
+int64_t tg_chat_reserve_prompt(const json_t *msgs);
+
 /* Rough prompt size in tokens: 4 characters a token, a nominal 800 per image part. */
 int64_t tg_chat_estimate_prompt(const json_t *msgs);
 

@@ -33,7 +33,7 @@ bool tg_chat_effective_price(const struct tg_candidate *c, int64_t *in, int64_t 
 }
 
 /* Worst-case cost of the request on candidate c (nano-USD), or -1 if its price is unknown:
- * the prompt at twice the usual estimate (2 characters a token) plus the output cap. */
+ * the prompt bound (tg_chat_reserve_prompt) plus the output cap. */
 int64_t tg_chat_worst_cost(const struct tg_request *r, const struct tg_candidate *c)
 {
     int64_t pin, pout;
@@ -47,7 +47,8 @@ int64_t tg_chat_worst_cost(const struct tg_request *r, const struct tg_candidate
                       : c->offer && c->offer->context_length ? c->offer->context_length
                                                              : 4096;
     int64_t worst;
-    if (tg_cost_nano(r->prompt_estimate * 2, pin, out_cap, pout, &worst) != TG_OK)
+    int64_t prompt = tg_chat_reserve_prompt(json_object_get(r->client_json, "messages"));
+    if (tg_cost_nano(prompt, pin, out_cap, pout, &worst) != TG_OK)
         return -1;
     return worst;
 }

@@ -154,7 +154,15 @@ static int list_one(void *ud, const struct tg_key_record *k)
     if (c->fmt == LIST_CSV) {
         if (c->n == 0)
             printf("id,name,status,budget_usd,period,spent_usd,rpm,tpm,providers,models,created_ms,rotated_ms\n");
-        printf("%s,\"%s\",%s,%s,%s,%s,%lld,%lld,\"%s\",\"%s\",%lld,%lld\n", k->id, k->name, status,
+        char qname[2 * sizeof k->name + 1];
+        size_t q = 0;
+        for (const char *p = k->name; *p; p++) {   /* CSV: double the quotes */
+            if (*p == '"')
+                qname[q++] = '"';
+            qname[q++] = *p;
+        }
+        qname[q] = '\0';
+        printf("%s,\"%s\",%s,%s,%s,%s,%lld,%lld,\"%s\",\"%s\",%lld,%lld\n", k->id, qname, status,
                k->budget_nano >= 0 ? budget : "", tg_budget_period_name(k->period), spent,
                (long long)k->rpm, (long long)k->tpm, k->providers, k->models,
                (long long)k->created_ms, (long long)k->rotated_ms);

@@ -160,10 +160,6 @@ int tg_cli_serve(int argc, char **argv)
         fprintf(stderr, "tollgate: ledger %s: %s\n", gw->cfg.ledger_path, err);
         goto out_curl;
     }
-    if (tg_ledger_interrupted_at_open(gw->ledger) > 0)
-        tg_warn("ledger: %lld request(s) were in flight when tollgate last stopped; marked "
-                "interrupted (see tollgate bill)",
-                (long long)tg_ledger_interrupted_at_open(gw->ledger));
     if (gw->cfg.auth_enabled) {
         gw->keys = tg_keystore_open(gw->cfg.ledger_path, err, sizeof err);
         if (!gw->keys) {
@@ -216,15 +212,17 @@ int tg_cli_serve(int argc, char **argv)
     rc = 0;
 
     tg_server_quiesce(gw);
+    atomic_store(&gw->stopping, true);
     /* let in-flight requests finish on their own for a moment */
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)
         usleep(50 * 1000);
 out_engine:
+    atomic_store(&gw->stopping, true);
     tg_workpool_free(gw->pool);   /* finishes queued image fetches first */
     gw->pool = NULL;
-    tg_workers_stop(gw);
-    tg_engine_free(gw->engine);   /* aborts what still runs; those rows settle as failed */
+    tg_engine_free(gw->engine);   /* aborts what still runs (slots given back); rows settle */
     gw->engine = NULL;
+    tg_workers_stop(gw);          /* then the workers: nothing holds their slots any more */
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)
         usleep(20 * 1000);
     tg_server_stop(gw);

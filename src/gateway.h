@@ -38,6 +38,7 @@ struct tg_gateway {
     unsigned short port;            /* bound port */
     atomic_llong requests_total;    /* chat requests seen */
     atomic_int inflight;            /* chat requests alive (for a clean shutdown) */
+    atomic_bool stopping;           /* shutdown began: no new attempts, no retries */
 };
 
 /* Load the catalog at cfg.catalog_path and make it current. Returns TG_OK or an error

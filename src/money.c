@@ -188,3 +188,25 @@ char *tg_usd_format_short(int64_t nano, char *buf, size_t len)
     tmp[n] = '\0';
     return copy_out(tmp, n, buf, len);
 }
+
+int tg_cost_nano_timed(int64_t prompt_tokens, int64_t in_nano_per_mtok,
+                       int64_t completion_tokens, int64_t out_nano_per_mtok,
+                       int64_t duration_us, int64_t per_second_nano, int64_t *out_nano)
+{
+    if (per_second_nano <= 0 || duration_us <= 0)
+        return tg_cost_nano(prompt_tokens, in_nano_per_mtok, completion_tokens,
+                            out_nano_per_mtok, out_nano);
+    if (prompt_tokens < 0 || completion_tokens < 0 || in_nano_per_mtok < 0 ||
+        out_nano_per_mtok < 0)
+        return TG_ERR_RANGE;
+    /* every term is in units of 1e-6 nano-USD (tokens x price-per-million, microseconds x
+     * price-per-second): sum exactly in 128 bits, then divide and round once */
+    unsigned __int128 sum = (unsigned __int128)prompt_tokens * (uint64_t)in_nano_per_mtok +
+                            (unsigned __int128)completion_tokens * (uint64_t)out_nano_per_mtok +
+                            (unsigned __int128)duration_us * (uint64_t)per_second_nano;
+    unsigned __int128 q = (sum + 500000) / 1000000;
+    if (q > (unsigned __int128)INT64_MAX)
+        return TG_ERR_RANGE;
+    *out_nano = (int64_t)q;
+    return TG_OK;
+}

@@ -51,6 +51,14 @@ void tg_buf_free(struct tg_buf *b)
     b->len = b->cap = 0;
 }
 
+void tg_headers_free(struct curl_slist *h)
+{
+    for (struct curl_slist *i = h; i; i = i->next)
+        if (i->data)
+            memset(i->data, 0, strlen(i->data));
+    curl_slist_free_all(h);
+}
+
 struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *conn)
 {
     struct tg_request *r = calloc(1, sizeof *r);
@@ -92,8 +100,7 @@ void tg_request_unref(struct tg_request *r)
     tg_error_cleanup(&r->error);
     free(r->up_body);
     free(r->up_url);
-    if (r->up_headers)
-        curl_slist_free_all(r->up_headers);
+    tg_headers_free(r->up_headers);
     tg_sse_cleanup(&r->sse);
     tg_stream_state_cleanup(&r->st);
     pthread_mutex_destroy(&r->mu);

@@ -123,6 +123,9 @@ struct tg_request {
     int64_t row_id;
 };
 
+/* Free an upstream header list, wiping its contents first (it carries a provider key). */
+void tg_headers_free(struct curl_slist *h);
+
 /* Returns new with one reference (the HTTP layer's). */
 struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *conn);
 void tg_request_ref(struct tg_request *r);

@@ -154,8 +154,14 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         n = (ssize_t)(avail < max ? avail : max);
         memcpy(buf, r->out.data + r->out_off, (size_t)n);
         r->out_off += (size_t)n;
-        if (r->out_off == r->out.len)
+        if (r->out_off == r->out.len) {
             r->out.len = r->out_off = 0;
+        } else if (r->out_off >= 65536 && r->out_off * 2 >= r->out.len) {
+            /* a client that never quite catches up: drop what it already has */
+            memmove(r->out.data, r->out.data + r->out_off, r->out.len - r->out_off);
+            r->out.len -= r->out_off;
+            r->out_off = 0;
+        }
         if (r->unpause_wanted && r->out.len - r->out_off <= TG_STREAM_OUT_HIGH_WATER / 2) {
             r->unpause_wanted = false;
             unpause = true;
@@ -421,13 +427,13 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
         flags |= MHD_USE_IPv6;
     gw->mhd = MHD_start_daemon(
         flags, gw->cfg.listen_port, NULL, NULL, on_request, gw,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,   /* first: logs the options below */
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!gw->mhd) {

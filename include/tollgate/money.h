@@ -23,6 +23,12 @@ int tg_cost_nano(int64_t prompt_tokens, int64_t in_nano_per_mtok,
                  int64_t completion_tokens, int64_t out_nano_per_mtok,
                  int64_t *out_nano) TG_WUR;
 
+/* Same, plus worker time: duration_us microseconds at per_second_nano nano-USD per second,
+ * all rounded once (half up). per_second_nano 0 = tokens only. */
+int tg_cost_nano_timed(int64_t prompt_tokens, int64_t in_nano_per_mtok,
+                       int64_t completion_tokens, int64_t out_nano_per_mtok,
+                       int64_t duration_us, int64_t per_second_nano, int64_t *out_nano) TG_WUR;
+
 /* Format nano-USD as a decimal USD string with exactly 9 fractional digits
  * ("0.000012345", "-1.500000000"). buf needs 32 bytes. Returns buf.
  * A shorter buf gets a truncated, NUL-terminated string; len 0 writes nothing. */

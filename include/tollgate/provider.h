@@ -35,6 +35,7 @@ enum tg_fault {
     TG_FAULT_AUTH,           /* the provider rejected OUR key (401/403) */
     TG_FAULT_CLIENT_GONE,    /* the client disconnected */
     TG_FAULT_SATURATED,      /* a local worker's slots and queue are full, or it is loading */
+    TG_FAULT_SHUTDOWN,       /* tollgate is stopping: abandoned, never retried */
 };
 
 /* Token usage as the provider reported it. */
