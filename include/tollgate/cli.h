@@ -8,10 +8,18 @@
  *                [--log-level L] */
 int tg_cli_serve(int argc, char **argv);
 
-/* tollgate bill [--ledger PATH] [--format table|csv|json] [--json] [--csv] [--help]
+/* tollgate bill [--ledger PATH] [--from DATE] [--to DATE] [--by key|provider|model|day ...]
+ *               [--key ID] [--format table|csv|json] [--json] [--csv] [--help]
  * Reads the ledger file directly (default "tollgate.db"); never creates one. Writes the bill
  * to stdout, errors to stderr. */
 int tg_cli_bill(int argc, char **argv);
+
+/* tollgate ledger verify [--ledger PATH] [--json]
+ * tollgate ledger export [--ledger PATH] [--format csv|jsonl] [--from D] [--to D] [--key ID]
+ * Reads the ledger file directly (default "tollgate.db"); never creates or changes one.
+ * verify exits 0 when the chain is intact, 1 when it names the first tampered row (or the
+ * file cannot be read), 2 on usage errors. */
+int tg_cli_ledger(int argc, char **argv);
 
 /* tollgate ledger verify [--ledger PATH] [--json] */
 int tg_cli_ledger(int argc, char **argv);

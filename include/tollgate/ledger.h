@@ -1,6 +1,8 @@
 /* ledger.h: the metering ledger (SQLite, WAL). One writer thread group-commits reserve and
  * settle operations; callers get an acknowledgement callback once their row is durable.
- * Readers (the bill) open the file on their own connection. It never computes prices. */
+ * Terminal rows (billed, failed, rejected, interrupted) are hash-chained (SHA-256) and
+ * rolled up per day for the bill in the same transaction. Readers (the bill, verify) open
+ * the file on their own connection. It never computes prices. */
 #ifndef TOLLGATE_LEDGER_H
 #define TOLLGATE_LEDGER_H
 
@@ -75,9 +77,10 @@ struct tg_ledger_options {
     unsigned max_batch;      /* operations per transaction; 0 = default (512) */
 };
 
-/* Open or create the ledger at path (schema created/migrated, WAL on), sweep rows left
- * RESERVED by a crash into INTERRUPTED, start the writer thread. Returns new (free with
- * tg_ledger_close) or NULL with a message in err. opts may be NULL. */
+/* Open or create the ledger at path (schema created/migrated, WAL on), load the chain head,
+ * sweep rows left RESERVED by a crash into INTERRUPTED (chained and rolled up like any
+ * terminal row), start the writer thread. Returns new (free with tg_ledger_close) or NULL
+ * with a message in err. opts may be NULL. */
 struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_options *opts,
                                  char *err, size_t errlen);
 
@@ -93,13 +96,22 @@ void tg_ledger_close(struct tg_ledger *lg);
 int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
 
-/* Queue an update of row row_id to the final values in e (status, tokens, cost, ...).
- * Same contract as tg_ledger_insert. (request_id, attempt and created_ms never change;
- * key_id, provider and the three model ids keep the reserved value when e leaves them
- * ""; every other column takes e's value, unknowns included; settled_ms = now.
- * TG_ERR_RANGE for row_id <= 0.) */
+/* Queue the settlement of reserved row row_id with the final values in e (status, tokens,
+ * cost, ...). Same contract as tg_ledger_insert. (request_id, attempt and created_ms never
+ * change; key_id, provider and the three model ids keep the reserved value when e leaves
+ * them ""; every other column takes e's value, unknowns included; client_disconnected is
+ * never cleared; settled_ms = now. TG_ERR_RANGE for row_id <= 0 or e->status RESERVED.)
+ * A settlement is final: settling a row that is no longer reserved fails with
+ * TG_ERR_STATE in the ack, and the row is left as it was. */
 int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
+
+/* Queue "the answer never fully reached the client" for row row_id (reserved or settled):
+ * sets client_disconnected = 1 and nothing else. That flag is not part of the chain, so
+ * it may follow the settlement. No acknowledgement (a missing row is logged). Thread-safe.
+ * Returns TG_OK, TG_ERR_LIMIT, TG_ERR_STATE (closing), TG_ERR_RANGE (row_id <= 0) or
+ * TG_ERR_NOMEM. */
+int tg_ledger_mark_disconnected(struct tg_ledger *lg, int64_t row_id) TG_WUR;
 
 /* Block until everything queued so far is committed (tests, shutdown). (And acknowledged:
  * every ack of those operations has returned. Returns at once on the writer thread.) */
@@ -107,6 +119,44 @@ void tg_ledger_flush(struct tg_ledger *lg);
 
 /* Rows swept to INTERRUPTED by the last open. */
 int64_t tg_ledger_interrupted_at_open(const struct tg_ledger *lg);
+
+/* ---- verification (read-only; no writer needed) ---------------------------------------- */
+
+enum tg_ledger_fault {
+    TG_LEDGER_INTACT = 0,
+    TG_LEDGER_ALTERED,          /* the row's money columns no longer match its hash */
+    TG_LEDGER_DELETED,          /* one or more rows before this one were removed */
+    TG_LEDGER_INSERTED,         /* the row was added outside the writer's chain order */
+    TG_LEDGER_TRUNCATED,        /* the recorded chain head is gone: rows removed at the end */
+    TG_LEDGER_ROLLUP,           /* bill_daily disagrees with the rows it sums */
+};
+
+struct tg_ledger_verify_report {
+    enum tg_ledger_fault fault;
+    int64_t chained_rows;       /* terminal rows whose link verified before any fault */
+    int64_t in_flight;          /* reserved rows (not chained yet; never a fault) */
+    int64_t head_seq;           /* chain head when intact (0 = empty chain) */
+    char head_hex[65];          /* hex SHA-256 of the head ("" when the chain is empty) */
+    /* The first problem (fault != INTACT): */
+    int64_t row_id;             /* 0 when no single row can be named (TRUNCATED, ROLLUP) */
+    char request_id[TG_ID_MAX];
+    int64_t attempt;
+    char detail[256];           /* one line for people */
+};
+
+/* Walk the ledger at path in chain order on a read-only connection (one snapshot; a daemon
+ * may be writing) and report the first problem: a row whose hash does not match
+ * (altered), a break in the links (deleted before it / inserted out of order), a terminal
+ * row outside the chain (inserted), a missing recorded head (truncated), then a rollup that
+ * disagrees with the rows. Returns TG_OK with *out filled (intact or not), or TG_ERR_NOTFOUND,
+ * TG_ERR_PARSE (not a ledger / other schema), TG_ERR_IO, TG_ERR_NOMEM with err set.
+ * (A chain proves order and integrity against edits with SQL; whoever can rewrite every
+ * later row and the recorded head can forge a consistent history: keep copies of the head.) */
+int tg_ledger_verify(const char *path, struct tg_ledger_verify_report *out, char *err,
+                     size_t errlen) TG_WUR;
+
+/* "altered", "deleted before it", "inserted out of order", ... */
+const char *tg_ledger_fault_name(enum tg_ledger_fault f);
 
 /* Static names used in the database ("reported", "billed", ...). */
 const char *tg_usage_source_name(enum tg_usage_source s);

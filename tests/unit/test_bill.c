@@ -16,8 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bill_internal.h"
 #include "tollgate/bill.h"
 #include "tollgate/cli.h"
+#include "tollgate/export.h"
 #include "tollgate/ledger.h"
 #include "tollgate/log.h"
 #include "tollgate/money.h"
@@ -291,7 +293,7 @@ static void test_sums_and_format(void **state)
     assert_non_null(strstr(csv, "line,p,m2,10000,10000,10000,0.000010000,10000,"));
     assert_non_null(strstr(csv, ",1234567890.123456789,1234567890123456789,"));
     assert_non_null(strstr(csv, "total,,,10003,10003,10003,1234567890.423466789,"
-                                "1234567890423466789,0,0,0.000000000,0\r\n"));
+                                "1234567890423466789,0,0,0.000000000,0,0,0,0.0000\r\n"));
     free(csv);
     tg_bill_free(b);
 }
@@ -321,12 +323,28 @@ static void test_overflow_and_foreign_values(void **state)
     assert_null(b);
     assert_non_null(strstr(err, "grand total"));
 
-    exec_sql(f->path, "UPDATE requests SET model_canonical = 'm1'");   /* one line overflows */
+    /* One line overflows: the same model on two days (two rollup buckets), read both from
+     * the rollup and from the rows (bounds off midnight). */
+    rm_ledger(f->path);
+    lg = open_ledger(f->path);
+    r.canonical = "m1";
+    add(lg, &r);
+    r.created_ms = 1767225600000 + 86400000;
+    add(lg, &r);
+    tg_ledger_close(lg);
+    assert_int_equal(tg_bill_load(f->path, NULL, &b, err, sizeof err), TG_ERR_RANGE);
+    assert_null(b);
+    tg_bill_test_force_rows(true);
     assert_int_equal(tg_bill_load(f->path, NULL, &b, err, sizeof err), TG_ERR_RANGE);
     assert_null(b);
 
-    /* A REAL cost written by something else would turn the sum into a float: refused. */
+    /* A REAL written by something else would turn a sum into a float: refused, not
+     * rounded, on either path. */
     exec_sql(f->path, "UPDATE requests SET cost_nano = 0.5");
+    assert_int_equal(tg_bill_load(f->path, NULL, &b, err, sizeof err), TG_ERR_PARSE);
+    assert_non_null(strstr(err, "non-integer"));
+    tg_bill_test_force_rows(false);
+    exec_sql(f->path, "UPDATE bill_daily SET cost_nano = 0.5");
     assert_int_equal(tg_bill_load(f->path, NULL, &b, err, sizeof err), TG_ERR_PARSE);
     assert_non_null(strstr(err, "non-integer"));
 }
@@ -378,7 +396,10 @@ static void test_csv(void **state)
 {
     struct fixture *f = *state;
     write_sample(f->path);
+    /* As if the ledger had been written with this model id (rows and rollup alike). */
     exec_sql(f->path, "UPDATE requests SET model_canonical = 'acme/\"big\", model'"
+                      " WHERE provider = 'together';"
+                      " UPDATE bill_daily SET model = 'acme/\"big\", model'"
                       " WHERE provider = 'together'");
     struct tg_bill *b = load_ok(f->path, NULL);
     char *csv = tg_bill_render(b, TG_BILL_CSV);
@@ -386,9 +407,12 @@ static void test_csv(void **state)
     static char fields[CSV_MAX][CSV_MAX][128];
     int ncols[CSV_MAX];
     int rows = csv_parse(csv, fields, ncols);
-    assert_int_equal(rows, 1 + 3 + 1 + 3);   /* header, lines, total, three apart */
+    /* header, lines, total, unpriced, three apart */
+    assert_int_equal(rows, 1 + 3 + 1 + 1 + 3);
     for (int r = 0; r < rows; r++)
-        assert_int_equal(ncols[r], 12);
+        assert_int_equal(ncols[r], 15);
+    assert_string_equal(fields[0][12], "unpriced_prompt_tokens");
+    assert_string_equal(fields[0][14], "estimated_share_percent");
     assert_string_equal(fields[0][0], "kind");
     assert_string_equal(fields[0][6], "cost_usd");
     assert_string_equal(fields[0][7], "cost_nano");
@@ -403,12 +427,20 @@ static void test_csv(void **state)
     assert_string_equal(fields[4][0], "total");
     assert_string_equal(fields[4][6], "2.150000333");
     assert_string_equal(fields[4][10], "0.999999999");
-    assert_string_equal(fields[5][0], "rejected");
-    assert_string_equal(fields[5][3], "2");
-    assert_string_equal(fields[6][0], "interrupted");
-    assert_string_equal(fields[6][3], "1");
-    assert_string_equal(fields[7][0], "reserved");
+    /* 0.999999999 of 2.150000333 USD = 46.51162...% */
+    assert_string_equal(fields[4][14], "46.5116");
+    assert_string_equal(fields[2][14], "0.0000");
+    assert_string_equal(fields[5][0], "unpriced");
+    assert_string_equal(fields[5][3], "1");
+    assert_string_equal(fields[5][4], "7");
+    assert_string_equal(fields[5][5], "3");
+    assert_string_equal(fields[5][6], "");
+    assert_string_equal(fields[6][0], "rejected");
+    assert_string_equal(fields[6][3], "2");
+    assert_string_equal(fields[7][0], "interrupted");
     assert_string_equal(fields[7][3], "1");
+    assert_string_equal(fields[8][0], "reserved");
+    assert_string_equal(fields[8][3], "1");
     free(csv);
     tg_bill_free(b);
 }
@@ -448,6 +480,17 @@ static void test_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(root, "rejected_requests")), 2);
     assert_int_equal(json_integer_value(json_object_get(root, "interrupted_requests")), 1);
     assert_int_equal(json_integer_value(json_object_get(root, "reserved_requests")), 1);
+    assert_string_equal(json_string_value(json_object_get(t, "estimated_share_percent")),
+                        "46.5116");
+    json_t *u = json_object_get(root, "unpriced");
+    assert_int_equal(json_integer_value(json_object_get(u, "requests")), 1);
+    assert_int_equal(json_integer_value(json_object_get(u, "prompt_tokens")), 7);
+    assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")), 3);
+    json_t *by = json_object_get(root, "group_by");
+    assert_int_equal(json_array_size(by), 2);
+    assert_string_equal(json_string_value(json_array_get(by, 0)), "provider");
+    assert_null(json_object_get(root, "key_subtotals"));
+    assert_true(json_is_null(json_object_get(json_object_get(root, "period"), "from")));
     json_decref(root);
     free(text);
     tg_bill_free(b);
@@ -477,7 +520,11 @@ static void test_table(void **state)
     assert_non_null(strstr(t, "llama-3.1-8b-instant"));
     assert_non_null(strstr(t, "  1.000000000  "));
     assert_non_null(strstr(t, "  2.150000333  "));
-    assert_non_null(strstr(t, "Unpriced requests (cost unknown, not counted in COST USD): 1\n"));
+    assert_non_null(strstr(t, "Unpriced requests (cost unknown, not counted in COST USD): 1"
+                              " (prompt tokens 7, completion tokens 3)\n"));
+    assert_non_null(strstr(t, "Estimated usage (included above): 1 requests, 0.999999999 USD"
+                              " = 46.5116% of the cost\n"));
+    assert_non_null(strstr(t, "Period (UTC): from the beginning up to now\n"));
     assert_non_null(strstr(t, "Rejected before any upstream attempt (not billed): 2\n"));
     assert_non_null(strstr(t, "Interrupted by a crash (to reconcile, not billed): 1\n"));
     assert_non_null(strstr(t, "In flight (reserved, not yet settled): 1\n"));
@@ -492,6 +539,449 @@ static void test_table(void **state)
     assert_int_equal(tg_bill_format_parse("table", &fmt), TG_OK);
     assert_int_equal(fmt, TG_BILL_TABLE);
     assert_int_equal(tg_bill_format_parse("xml", &fmt), TG_ERR_PARSE);
+}
+
+
+/* ---- grouping, filters, rollup ---------------------------------------------------------- */
+
+static void test_grouping_and_subtotals(void **state)
+{
+    struct fixture *f = *state;
+    write_sample(f->path);
+    struct tg_bill_filter flt = {.nby = 2, .by = {TG_BILL_BY_KEY, TG_BILL_BY_PROVIDER}};
+    struct tg_bill *b = load_ok(f->path, &flt);
+    assert_true(b->from_rollup);
+    /* k1: groq only; k2: together. Ordered by key, then provider. */
+    assert_int_equal(b->nlines, 2);
+    assert_string_equal(b->lines[0].key_id, "k1");
+    assert_string_equal(b->lines[0].provider, "groq");
+    assert_null(b->lines[0].model);
+    assert_int_equal(b->lines[0].requests, 5);
+    assert_int_equal(b->lines[0].cost_nano, 1150000333);
+    assert_string_equal(b->lines[1].key_id, "k2");
+    assert_int_equal(b->lines[1].cost_nano, 1000000000);
+    assert_int_equal(b->nkeys, 2);
+    int64_t sum = 0;
+    for (size_t i = 0; i < b->nkeys; i++)
+        sum += b->keys[i].cost_nano;
+    assert_int_equal(sum, b->total.cost_nano);
+    assert_int_equal(b->keys[0].unpriced, 1);
+    assert_int_equal(b->keys[0].unpriced_prompt_tokens, 7);
+    char *t = tg_bill_render(b, TG_BILL_TABLE);
+    assert_true(strncmp(t, "KEY", 3) == 0);
+    assert_non_null(strstr(t, "Subtotals by key:\nKEY"));
+    free(t);
+    char *j = tg_bill_render(b, TG_BILL_JSON);
+    json_t *root = json_loads(j, 0, NULL);
+    assert_non_null(root);
+    json_t *ks = json_object_get(root, "key_subtotals");
+    assert_int_equal(json_array_size(ks), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ks, 1), "key_id")),
+                        "k2");
+    assert_null(json_object_get(json_array_get(ks, 1), "provider"));
+    json_decref(root);
+    free(j);
+    tg_bill_free(b);
+
+    /* Subtotals regroup lines: key second, lines interleave keys. */
+    flt = (struct tg_bill_filter){.nby = 2, .by = {TG_BILL_BY_MODEL, TG_BILL_BY_KEY}};
+    b = load_ok(f->path, &flt);
+    assert_int_equal(b->nlines, 3);   /* (llama, k1), (GPT, k1), (GPT, k2) */
+    assert_string_equal(b->lines[2].model, GPT);
+    assert_string_equal(b->lines[2].key_id, "k2");
+    assert_int_equal(b->nkeys, 2);
+    assert_int_equal(b->keys[0].requests + b->keys[1].requests, b->total.requests);
+    tg_bill_free(b);
+
+    /* By day: the sample spans one UTC day. */
+    flt = (struct tg_bill_filter){.nby = 1, .by = {TG_BILL_BY_DAY}};
+    b = load_ok(f->path, &flt);
+    assert_int_equal(b->nlines, 1);
+    assert_string_equal(b->lines[0].day, "2026-01-01");
+    assert_int_equal(b->lines[0].cost_nano, 2150000333);
+    assert_null(b->keys);
+    tg_bill_free(b);
+
+    /* All four, through the text parser. */
+    flt = (struct tg_bill_filter){0};
+    char err[128];
+    assert_int_equal(tg_bill_filter_set(&flt, "by", "day,model", err, sizeof err), TG_OK);
+    assert_int_equal(tg_bill_filter_set(&flt, "by", "provider", err, sizeof err), TG_OK);
+    assert_int_equal(tg_bill_filter_set(&flt, "by", "key", err, sizeof err), TG_OK);
+    b = load_ok(f->path, &flt);
+    assert_int_equal(b->nlines, 3);   /* llama/groq/k1, GPT/groq/k1, GPT/together/k2 */
+    assert_string_equal(b->lines[0].day, "2026-01-01");
+    assert_string_equal(b->lines[0].model, "llama-3.1-8b-instant");
+    assert_string_equal(b->lines[1].model, GPT);
+    assert_string_equal(b->lines[1].provider, "groq");
+    assert_string_equal(b->lines[2].provider, "together");
+    char *csv = tg_bill_render(b, TG_BILL_CSV);
+    assert_true(strncmp(csv, "kind,day,model,provider,key_id,requests,", 40) == 0);
+    assert_non_null(strstr(csv, "\r\nkey_subtotal,,,,k2,2,"));
+    assert_non_null(strstr(csv, "\r\nunpriced,,,,,1,7,3,"));
+    free(csv);
+    tg_bill_free(b);
+}
+
+static void test_filter_text(void **state)
+{
+    int64_t ms = 0;
+    assert_int_equal(tg_bill_time_parse("2026-02-01", &ms), TG_OK);
+    assert_int_equal(ms, INT64_C(1769904000000));
+    assert_int_equal(tg_bill_time_parse("2026-02-01T00:00:00Z", &ms), TG_OK);
+    assert_int_equal(ms, INT64_C(1769904000000));
+    assert_int_equal(tg_bill_time_parse("2026-02-01T01:30:00+01:30", &ms), TG_OK);
+    assert_int_equal(ms, INT64_C(1769904000000));
+    assert_int_equal(tg_bill_time_parse("2026-01-31t23:00:00.5-01:00", &ms), TG_OK);
+    assert_int_equal(ms, INT64_C(1769904000500));
+    assert_int_equal(tg_bill_time_parse("2026-02-01 00:00:00.123456z", &ms), TG_OK);
+    assert_int_equal(ms, INT64_C(1769904000123));
+    assert_int_equal(tg_bill_time_parse("2024-02-29", &ms), TG_OK);
+    assert_int_equal(tg_bill_time_parse("1970-01-01", &ms), TG_OK);
+    assert_int_equal(ms, 0);
+    const char *bad[] = {"", "2026-2-01", "2026-02-29", "2026-13-01", "2026-00-10",
+                         "2026-02-01T10:00:00", "2026-02-01T24:00:00Z", "2026-02-01T10:00Z",
+                         "2026-02-01T10:00:00.Z", "2026-02-01T10:00:00+0100",
+                         "2026-02-01Z", "2026-02-01T10:00:00Zjunk", "yesterday"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (tg_bill_time_parse(bad[i], &ms) != TG_ERR_PARSE)
+            fail_msg("accepted \"%s\"", bad[i]);
+
+    char day[11];
+    assert_string_equal(tg_bill_day_format(0, day, sizeof day), "1970-01-01");
+    assert_string_equal(tg_bill_day_format(20485, day, sizeof day), "2026-02-01");
+    assert_string_equal(tg_bill_day_format(-1, day, sizeof day), "1969-12-31");
+    assert_string_equal(tg_bill_day_format(19782, day, sizeof day), "2024-02-29");
+
+    struct tg_bill_filter f = {0};
+    char err[160];
+    assert_int_equal(tg_bill_filter_set(&f, "from", "2026-01-01", err, sizeof err), TG_OK);
+    assert_int_equal(tg_bill_filter_set(&f, "to", "2026-02-01", err, sizeof err), TG_OK);
+    assert_int_equal(f.until_ms - f.since_ms, INT64_C(31) * 86400000);
+    assert_int_equal(tg_bill_filter_set(&f, "key", "k9", err, sizeof err), TG_OK);
+    assert_string_equal(f.key_id, "k9");
+    assert_int_equal(tg_bill_filter_set(&f, "by", "key,provider", err, sizeof err), TG_OK);
+    assert_int_equal(f.nby, 2);
+    assert_int_equal(tg_bill_filter_set(&f, "by", "model,key", err, sizeof err), TG_ERR_PARSE);
+    assert_non_null(strstr(err, "key given twice"));
+    assert_int_equal(f.nby, 2);   /* untouched */
+    assert_int_equal(tg_bill_filter_set(&f, "by", "region", err, sizeof err), TG_ERR_PARSE);
+    assert_non_null(strstr(err, "\"region\""));
+    assert_int_equal(tg_bill_filter_set(&f, "by", "model,", err, sizeof err), TG_ERR_PARSE);
+    assert_int_equal(tg_bill_filter_set(&f, "from", "soon", err, sizeof err), TG_ERR_PARSE);
+    assert_non_null(strstr(err, "from must be a date"));
+    assert_int_equal(tg_bill_filter_set(&f, "key", "", err, sizeof err), TG_ERR_PARSE);
+    assert_int_equal(tg_bill_filter_set(&f, "colour", "red", err, sizeof err), TG_ERR_PARSE);
+    assert_int_equal(tg_bill_filter_set(&f, "to", NULL, err, sizeof err), TG_ERR_PARSE);
+}
+
+/* Exact percentages from integers, rounded once, half up. */
+static void test_share_rounding(void **state)
+{
+    char buf[32];
+    const struct { int64_t part, whole; const char *want; } cases[] = {
+        {1, 3, "33.3333"}, {2, 3, "66.6667"}, {1, 8, "12.5000"}, {0, 5, "0.0000"},
+        {5, 5, "100.0000"}, {1, 2000000, "0.0001"},   /* 0.00005 rounds up */
+        {1, 2000001, "0.0000"}, {999999999, 2150000333, "46.5116"},
+        {INT64_MAX, INT64_MAX, "100.0000"}, {INT64_MAX - 1, INT64_MAX, "100.0000"},
+        {1, INT64_MAX, "0.0000"}, {INT64_C(123456789012345678), INT64_C(987654321098765432),
+                                   "12.5000"},
+        {7, 6, "116.6667"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *got = tg_bill_percent(cases[i].part, cases[i].whole, buf, sizeof buf);
+        if (!got || strcmp(got, cases[i].want) != 0)
+            fail_msg("%lld / %lld: got %s, want %s", (long long)cases[i].part,
+                     (long long)cases[i].whole, got ? got : "NULL", cases[i].want);
+    }
+    assert_null(tg_bill_percent(1, 0, buf, sizeof buf));
+    assert_null(tg_bill_percent(-1, 5, buf, sizeof buf));
+}
+
+/* Each row's cost is rounded once, when it is priced (tg_cost_nano, half up); the bill adds
+ * those integers and never rounds again: three half-nano requests bill 3 nano, not
+ * round(1.5) = 2. */
+static void test_rounding_is_per_row(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ledger(f->path);
+    int64_t per_row = 0, sum = 0;
+    /* 1 prompt token at 0.0005 USD per million tokens = 0.5 nano-USD, rounds up to 1. */
+    assert_int_equal(tg_cost_nano(1, 500000, 0, 0, &per_row), TG_OK);
+    assert_int_equal(per_row, 1);
+    struct row r = {"p", "m", "m", NULL, TG_ROW_BILLED, TG_USAGE_REPORTED, 1, 0, per_row, 0};
+    for (int i = 0; i < 3; i++) {
+        add(lg, &r);
+        sum += per_row;
+    }
+    /* 333 tokens at 0.0000015 USD/Mtok = 0.4995 nano, rounds down to 0 (a known zero). */
+    assert_int_equal(tg_cost_nano(333, 1500, 0, 0, &per_row), TG_OK);
+    assert_int_equal(per_row, 0);
+    r.prompt = 333;
+    r.cost = per_row;
+    r.usage = TG_USAGE_ESTIMATED;
+    add(lg, &r);
+    /* 1000001 prompt tokens at 0.15 USD/Mtok and 1 completion token at 0.60: exact. */
+    assert_int_equal(tg_cost_nano(1000001, 150000000, 1, 600000000, &per_row), TG_OK);
+    assert_int_equal(per_row, 150000750);
+    r.prompt = 1000001;
+    r.completion = 1;
+    r.cost = per_row;
+    add(lg, &r);
+    sum += per_row;
+    tg_ledger_close(lg);
+
+    struct tg_bill *b = load_ok(f->path, NULL);
+    assert_int_equal(b->total.cost_nano, sum);
+    assert_int_equal(b->total.cost_nano, 150000753);
+    assert_int_equal(b->total.unpriced, 0);
+    assert_int_equal(b->total.estimated, 2);
+    assert_int_equal(b->total.estimated_cost_nano, 150000750);
+    char *csv = tg_bill_render(b, TG_BILL_CSV);
+    /* 150000750 / 150000753 = 99.999998...% -> 100.0000 */
+    assert_non_null(strstr(csv, "\r\ntotal,,,5,1000337,1,0.150000753,150000753,0,2,"
+                                "0.150000750,150000750,0,0,100.0000\r\n"));
+    free(csv);
+    tg_bill_free(b);
+}
+
+/* The rollup and the rows give the same bill for the same rows. */
+static void test_rollup_equals_rows(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ledger(f->path);
+    const char *provs[] = {"groq", "together", ""};
+    const char *keys[] = {"ka", "kb", ""};
+    const int64_t day0 = INT64_C(1767225600000);   /* 2026-01-01 */
+    uint64_t seed = 42;
+    for (int i = 0; i < 600; i++) {
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        uint64_t x = seed >> 11;
+        struct row r = {provs[x % 3], x % 7 ? "m1" : "", "m-up", keys[(x >> 3) % 3],
+                        (x >> 5) % 9 == 0 ? TG_ROW_FAILED
+                        : (x >> 5) % 9 == 1 ? TG_ROW_REJECTED : TG_ROW_BILLED,
+                        (x >> 9) % 4 == 0 ? TG_USAGE_ESTIMATED : TG_USAGE_REPORTED,
+                        (x >> 12) % 5 == 0 ? -1 : (int64_t)(x % 1000),
+                        (int64_t)((x >> 20) % 300),
+                        (x >> 14) % 11 == 0 ? -1 : (int64_t)(x % 100000),
+                        /* days 0..9, never in the last millisecond before day 3 */
+                        day0 + (int64_t)((x >> 24) % 10) * 86400000 +
+                            (int64_t)((x >> 30) % 86399000)};
+        add(lg, &r);
+    }
+    tg_ledger_close(lg);
+    const enum tg_bill_dim dims[][4] = {
+        {TG_BILL_BY_PROVIDER, TG_BILL_BY_MODEL}, {TG_BILL_BY_KEY, TG_BILL_BY_DAY},
+        {TG_BILL_BY_DAY, TG_BILL_BY_KEY, TG_BILL_BY_PROVIDER, TG_BILL_BY_MODEL},
+    };
+    const unsigned ndims[] = {2, 2, 4};
+    /* Day-aligned, off midnight at either end or both, within one day, unbounded. */
+    const int64_t bounds[][2] = {
+        {day0 + 3 * 86400000, day0 + 8 * 86400000}, {day0 + 3 * 86400000 + 1, 0},
+        {0, day0 + 5 * 86400000 + 7777}, {day0 + 2 * 86400000 - 5, day0 + 7 * 86400000 + 5},
+        {day0 + 4 * 86400000 + 10, day0 + 4 * 86400000 + 86399000}, {0, 0},
+        {day0 + 4 * 86400000 + 10, day0 + 5 * 86400000},
+    };
+    for (int k = 0; k < 3; k++) {
+        for (size_t w = 0; w < sizeof bounds / sizeof bounds[0]; w++) {
+            struct tg_bill_filter a = {.since_ms = bounds[w][0], .until_ms = bounds[w][1],
+                                       .nby = ndims[k]};
+            memcpy(a.by, dims[k], sizeof a.by);
+            for (int key = 0; key < 2; key++) {
+                a.key_id = key ? "kb" : NULL;
+                struct tg_bill *x = load_ok(f->path, &a);
+                tg_bill_test_force_rows(true);
+                struct tg_bill *y = load_ok(f->path, &a);
+                tg_bill_test_force_rows(false);
+                assert_false(y->from_rollup);
+                assert_true(x->nlines > 0);
+                char *tx = tg_bill_render(x, TG_BILL_CSV), *ty = tg_bill_render(y, TG_BILL_CSV);
+                if (strcmp(tx, ty) != 0)
+                    fail_msg("bounds %zu dims %d key %d:\n%s\n---\n%s", w, k, key, tx, ty);
+                free(tx);
+                free(ty);
+                assert_int_equal(x->rejected, y->rejected);
+                assert_int_equal(x->interrupted, y->interrupted);
+                if (w != 4 && w != 6)
+                    assert_true(x->from_rollup);   /* whole days inside */
+                tg_bill_free(x);
+                tg_bill_free(y);
+            }
+        }
+    }
+}
+
+/* ---- export ----------------------------------------------------------------------------- */
+
+struct sink {
+    char *buf;
+    size_t len, cap;
+    int calls;
+    int stop_after;   /* 0 = never */
+};
+
+static int sink_write(void *ud, const char *p, size_t n)
+{
+    struct sink *s = ud;
+    s->calls++;
+    if (s->stop_after && s->calls > s->stop_after)
+        return -1;
+    if (s->len + n + 1 > s->cap) {
+        s->cap = (s->len + n + 1) * 2;
+        s->buf = realloc(s->buf, s->cap);
+        assert_non_null(s->buf);
+    }
+    memcpy(s->buf + s->len, p, n);
+    s->len += n;
+    s->buf[s->len] = '\0';
+    return 0;
+}
+
+static void test_export(void **state)
+{
+    struct fixture *f = *state;
+    write_sample(f->path);
+    exec_sql(f->path, "UPDATE requests SET model_canonical = 'acme/\"big\",\nmodel'"
+                      " WHERE provider = 'together'");
+    char err[256];
+    struct sink csv = {0}, jl = {0};
+    assert_int_equal(tg_ledger_export(f->path, NULL, TG_EXPORT_CSV, sink_write, &csv, err,
+                                      sizeof err), TG_OK);
+    assert_int_equal(tg_ledger_export(f->path, NULL, TG_EXPORT_JSONL, sink_write, &jl, err,
+                                      sizeof err), TG_OK);
+
+    /* JSONL: one object per row, in id order, NULL as null, cost_usd exact. */
+    int n = 0;
+    int64_t last_id = 0;
+    for (char *save = NULL, *line = strtok_r(jl.buf, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save), n++) {
+        json_error_t jerr;
+        json_t *o = json_loads(line, 0, &jerr);
+        if (!o)
+            fail_msg("line %d: %s: %s", n, jerr.text, line);
+        assert_int_equal(json_object_size(o), 30);
+        int64_t id = json_integer_value(json_object_get(o, "id"));
+        assert_true(id > last_id);
+        last_id = id;
+        json_t *cost = json_object_get(o, "cost_nano");
+        if (json_is_null(cost)) {
+            assert_true(json_is_null(json_object_get(o, "cost_usd")));
+        } else {
+            int64_t nano = 0;
+            assert_int_equal(tg_usd_parse(json_string_value(json_object_get(o, "cost_usd")),
+                                          &nano), TG_OK);
+            assert_int_equal(nano, json_integer_value(cost));
+        }
+        const char *st = json_string_value(json_object_get(o, "status"));
+        assert_non_null(st);
+        if (strcmp(st, "reserved") != 0)
+            assert_int_equal(strlen(json_string_value(json_object_get(o, "row_hash"))), 64);
+        if (strcmp(json_string_value(json_object_get(o, "provider")) ?: "", "together") == 0)
+            assert_string_equal(json_string_value(json_object_get(o, "model_canonical")),
+                                "acme/\"big\",\nmodel");
+        json_decref(o);
+    }
+    assert_int_equal(n, 11);   /* 9 sample rows + interrupted + reserved */
+
+    /* CSV: header + 11 rows of 31 fields; the odd model id survives quoting. */
+    static char fields[CSV_MAX][CSV_MAX][128];
+    int ncols[CSV_MAX];
+    (void)fields;
+    (void)ncols;
+    assert_true(strncmp(csv.buf, "id,request_id,attempt,key_id,provider,", 38) == 0);
+    assert_non_null(strstr(csv.buf, ",cost_nano,cost_usd,reserved_nano,"));
+    assert_non_null(strstr(csv.buf, ",\"acme/\"\"big\"\",\nmodel\","));
+    int rows = 0, in_quotes = 0;
+    for (const char *p = csv.buf; *p; p++) {
+        if (*p == '"')
+            in_quotes = !in_quotes;
+        else if (*p == '\n' && !in_quotes)
+            rows++;
+    }
+    assert_int_equal(rows, 12);
+    /* the unpriced row: cost_nano and cost_usd empty */
+    assert_non_null(strstr(csv.buf, ",reported,,,,,billed,"));
+
+    /* Filters: key and time, as for the bill. */
+    struct sink k2 = {0};
+    struct tg_bill_filter flt = {.key_id = "k2", .since_ms = 1767225700000};
+    assert_int_equal(tg_ledger_export(f->path, &flt, TG_EXPORT_JSONL, sink_write, &k2, err,
+                                      sizeof err), TG_OK);
+    n = 0;
+    for (const char *p = k2.buf; p && *p; p++)
+        n += *p == '\n';
+    assert_int_equal(n, 2);
+    struct sink none = {0};
+    flt = (struct tg_bill_filter){.key_id = "nobody"};
+    assert_int_equal(tg_ledger_export(f->path, &flt, TG_EXPORT_CSV, sink_write, &none, err,
+                                      sizeof err), TG_OK);
+    assert_non_null(none.buf);   /* the header alone */
+    assert_null(strchr(strchr(none.buf, '\n') + 1, '\n'));
+
+    /* The receiver may stop it. */
+    struct sink stop = {.stop_after = 0};
+    stop.stop_after = -1;
+    assert_int_equal(tg_ledger_export(f->path, NULL, TG_EXPORT_CSV, sink_write, &stop, err,
+                                      sizeof err), TG_ERR_IO);
+    assert_non_null(strstr(err, "stopped"));
+    assert_int_equal(tg_ledger_export("/nonexistent/l.db", NULL, TG_EXPORT_CSV, sink_write,
+                                      &stop, err, sizeof err), TG_ERR_NOTFOUND);
+    enum tg_export_format fmt;
+    assert_int_equal(tg_export_format_parse("jsonl", &fmt), TG_OK);
+    assert_int_equal(fmt, TG_EXPORT_JSONL);
+    assert_int_equal(tg_export_format_parse("json", &fmt), TG_ERR_PARSE);
+    free(csv.buf);
+    free(jl.buf);
+    free(k2.buf);
+    free(none.buf);
+    free(stop.buf);
+}
+
+/* Large rows and many of them: output arrives in bounded pieces of whole rows. */
+static void test_export_streams(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ledger(f->path);
+    struct row r = {"p", "m", "m", NULL, TG_ROW_BILLED, TG_USAGE_REPORTED, 1, 1, 1, 0};
+    for (int i = 0; i < 3000; i++)
+        add(lg, &r);
+    tg_ledger_close(lg);
+    struct sink s = {0};
+    char err[256];
+    assert_int_equal(tg_ledger_export(f->path, NULL, TG_EXPORT_JSONL, sink_write, &s, err,
+                                      sizeof err), TG_OK);
+    assert_true(s.calls > 1);
+    assert_true(s.len / (size_t)s.calls <= 64 * 1024);
+    int n = 0;
+    for (const char *p = s.buf; *p; p++)
+        n += *p == '\n';
+    assert_int_equal(n, 3000);
+    free(s.buf);
+}
+
+static void test_render_file(void **state)
+{
+    struct fixture *f = *state;
+    char *out = NULL, err[256];
+    assert_int_equal(tg_bill_render_file(f->path, NULL, TG_BILL_JSON, &out, err, sizeof err),
+                     TG_ERR_NOTFOUND);
+    assert_null(out);
+    write_sample(f->path);
+    struct tg_bill_filter flt = {.key_id = "k2"};
+    assert_int_equal(tg_bill_render_file(f->path, &flt, TG_BILL_JSON, &out, err, sizeof err),
+                     TG_OK);
+    json_t *root = json_loads(out, 0, NULL);
+    assert_non_null(root);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(root, "total"),
+                                                        "cost_nano")), 1000000000);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(root, "period"),
+                                                          "key_id")), "k2");
+    json_decref(root);
+    free(out);
+    flt = (struct tg_bill_filter){.nby = 2, .by = {TG_BILL_BY_KEY, TG_BILL_BY_KEY}};
+    assert_int_equal(tg_bill_render_file(f->path, &flt, TG_BILL_CSV, &out, err, sizeof err),
+                     TG_ERR_PARSE);
+    assert_null(out);
 }
 
 /* ---- refusing what is not a ledger ------------------------------------------------------ */
@@ -621,6 +1111,31 @@ static void test_cli(void **state)
     assert_int_equal(c.code, 0);
     assert_true(strncmp(c.out, "PROVIDER", 8) == 0);
 
+    /* The filter options. */
+    const char *month[] = {"bill", "--ledger", f->path, "--from", "2026-01-01", "--to=2026-01-02",
+                           "--by", "key", "--by=provider", "--key", "k2", "--csv"};
+    run_bill(&c, 12, month);
+    assert_int_equal(c.code, 0);
+    assert_true(strncmp(c.out, "kind,key_id,provider,requests,", 30) == 0);
+    assert_non_null(strstr(c.out, "\r\nline,k2,together,2,"));
+    assert_non_null(strstr(c.out, "\r\nkey_subtotal,k2,,2,"));
+    const char *later[] = {"bill", "--ledger", f->path, "--from", "2026-01-02T00:00:00Z"};
+    run_bill(&c, 5, later);
+    assert_int_equal(c.code, 0);
+    assert_non_null(strstr(c.out, "(no billed or failed requests)"));
+    assert_non_null(strstr(c.out, "Period (UTC): from 2026-01-02 up to now"));
+    const char *bad_filters[][5] = {
+        {"bill", "--from", "2026-02-30"}, {"bill", "--by", "colour"},
+        {"bill", "--by", "key", "--by", "key"}, {"bill", "--key", ""},
+        {"bill", "--from", "2026-02-01", "--to", "2026-02-01"}, {"bill", "--to"},
+    };
+    const int bad_filter_argc[] = {3, 3, 5, 3, 5, 2};
+    for (size_t i = 0; i < 6; i++) {
+        run_bill(&c, bad_filter_argc[i], bad_filters[i]);
+        if (c.code != 2)
+            fail_msg("filter case %zu: exit %d, want 2 (%s)", i, c.code, c.err);
+    }
+
     /* Default path: ./tollgate.db, which is absent here and stays absent. */
     char cwd[512];
     assert_non_null(getcwd(cwd, sizeof cwd));
@@ -648,6 +1163,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_csv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grouping_and_subtotals, setup, teardown),
+        cmocka_unit_test(test_filter_text),
+        cmocka_unit_test(test_share_rounding),
+        cmocka_unit_test_setup_teardown(test_rounding_is_per_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rollup_equals_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_streams, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_render_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_ledger, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli, setup, teardown),
     };

@@ -15,7 +15,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
+#include "ledger_chain.h"
 #include "ledger_internal.h"
+#include "tollgate/cli.h"
 #include "tollgate/ledger.h"
 #include "tollgate/log.h"
 
@@ -35,15 +39,20 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
+static void rm_ledger(const char *path)
 {
-    struct fixture *f = *state;
     char p[160];
     const char *suffixes[] = {"", "-wal", "-shm"};
     for (int i = 0; i < 3; i++) {
-        snprintf(p, sizeof p, "%s%s", f->path, suffixes[i]);
+        snprintf(p, sizeof p, "%s%s", path, suffixes[i]);
         unlink(p);
     }
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    rm_ledger(f->path);
     rmdir(f->dir);
     free(f);
     return 0;
@@ -164,16 +173,24 @@ static void test_schema(void **state)
     assert_string_equal(q_text(db, "PRAGMA journal_mode", buf, sizeof buf), "wal");
     assert_string_equal(q_text(db, "SELECT value FROM meta WHERE key='schema_version'",
                                buf, sizeof buf), "1");
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests')"), 26);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests')"), 29);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests') WHERE"
+                               " name IN ('chain_seq', 'prev_hash', 'row_hash')"), 3);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('bill_daily')"), 14);
     assert_int_equal(q_int(db, "SELECT \"notnull\" FROM pragma_table_info('requests')"
                                " WHERE name='usage_source'"), 1);
     assert_int_equal(q_int(db, "SELECT \"notnull\" FROM pragma_table_info('requests')"
                                " WHERE name='cost_nano'"), 0);
     assert_int_equal(q_int(db, "SELECT pk FROM pragma_table_info('requests')"
                                " WHERE name='id'"), 1);
-    /* The four bill/lookup indexes, by their column lists. */
-    const char *want[] = {"created_ms", "provider,model_canonical,created_ms",
-                          "key_id,created_ms", "request_id,attempt"};
+    /* The indexes, by their column lists: time and key for lookups, status for the
+     * in-flight rows, chain_seq for verify. The bill reads bill_daily (keyed by day, key,
+     * provider, model, status). No random-keyed index (request_id): it would halve the
+     * write rate. */
+    const char *want[] = {"created_ms", "key_id,created_ms", "status", "chain_seq"};
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_index_list('requests')"), 4);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_index_info("
+                               "'sqlite_autoindex_bill_daily_1')"), 5);
     for (size_t i = 0; i < 4; i++) {
         char sql[512];
         snprintf(sql, sizeof sql,
@@ -570,7 +587,10 @@ static void test_queue_limit(void **state)
     for (int i = 0; i < 50; i++)
         assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &acks[i]), TG_OK);
     assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &acks[50]), TG_ERR_LIMIT);
+    e.status = TG_ROW_BILLED;
     assert_int_equal(tg_ledger_settle(lg, 1, &e, record_ack, &acks[50]), TG_ERR_LIMIT);
+    assert_int_equal(tg_ledger_mark_disconnected(lg, 1), TG_ERR_LIMIT);
+    e.status = TG_ROW_RESERVED;
     tg_ledger_test_pause(lg, false);
     tg_ledger_flush(lg);
     for (int i = 0; i < 50; i++)
@@ -682,6 +702,717 @@ static void test_refuses_foreign_files(void **state)
     tg_ledger_close(NULL);   /* allowed */
 }
 
+
+/* ---- the hash chain -------------------------------------------------------------------- */
+
+static void exec_sql(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+    sqlite3_close(db);
+}
+
+/* The documented encoding (ledger_chain.h), written out again here with OpenSSL so the
+ * file format is pinned by something other than the code that writes it. */
+static void enc_put(EVP_MD_CTX *c, const void *p, size_t n)
+{
+    assert_int_equal(EVP_DigestUpdate(c, p, n), 1);
+}
+
+static void independent_hash(sqlite3_stmt *s, const unsigned char prev[32], char hex[65])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestInit_ex(c, EVP_sha256(), NULL), 1);
+    enc_put(c, "tollgate-ledger-v1", 18);
+    enc_put(c, prev, 32);
+    for (int i = 0; i < 21; i++) {
+        unsigned char b[9];
+        switch (sqlite3_column_type(s, i)) {
+        case SQLITE_NULL:
+            enc_put(c, "N", 1);
+            break;
+        case SQLITE_INTEGER: {
+            uint64_t v = (uint64_t)sqlite3_column_int64(s, i);
+            b[0] = 'I';
+            for (int k = 0; k < 8; k++)
+                b[1 + k] = (unsigned char)(v >> (56 - 8 * k));
+            enc_put(c, b, 9);
+            break;
+        }
+        default: {
+            uint32_t n = (uint32_t)sqlite3_column_bytes(s, i);
+            const unsigned char *t = sqlite3_column_text(s, i);
+            b[0] = 'T';
+            for (int k = 0; k < 4; k++)
+                b[1 + k] = (unsigned char)(n >> (24 - 8 * k));
+            enc_put(c, b, 5);
+            enc_put(c, t, n);
+            break;
+        }
+        }
+    }
+    unsigned char h[32];
+    unsigned int n = 0;
+    assert_int_equal(EVP_DigestFinal_ex(c, h, &n), 1);
+    EVP_MD_CTX_free(c);
+    tg_chain_hex(h, hex);
+}
+
+/* n terminal rows with varied values through the real writer; ids[] gets their ids. */
+static void make_chain(const char *path, int n, int64_t *ids)
+{
+    struct tg_ledger *lg = open_ok(path, NULL);
+    static struct ack acks[64];
+    assert_true(n <= 64);
+    memset(acks, 0, sizeof acks);
+    for (int i = 0; i < n; i++) {
+        struct tg_ledger_entry e;
+        char rid[32];
+        snprintf(rid, sizeof rid, "chain-%d", i);
+        entry(&e, rid);
+        e.attempt = 1 + i % 2;
+        snprintf(e.key_id, sizeof e.key_id, "k%d", i % 3);
+        e.status = i % 5 == 4 ? TG_ROW_FAILED : TG_ROW_BILLED;
+        e.usage_source = i % 4 == 3 ? TG_USAGE_ESTIMATED : TG_USAGE_REPORTED;
+        e.prompt_tokens = 100 + i;
+        e.completion_tokens = 10 * i;
+        e.cost_nano = i == 2 ? -1 : 1000 + i;
+        e.created_ms = 1767225600000 + (int64_t)i * 3600000 * 7;
+        assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &acks[i]), TG_OK);
+    }
+    tg_ledger_close(lg);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(acks[i].st, TG_OK);
+        ids[i] = acks[i].row_id;
+    }
+}
+
+static void verify_ok(const char *path, struct tg_ledger_verify_report *r)
+{
+    char err[256];
+    int st = tg_ledger_verify(path, r, err, sizeof err);
+    if (st != TG_OK)
+        fail_msg("tg_ledger_verify: %s", err);
+}
+
+static void assert_intact(const char *path, int64_t rows)
+{
+    struct tg_ledger_verify_report r;
+    verify_ok(path, &r);
+    if (r.fault != TG_LEDGER_INTACT)
+        fail_msg("verify: %s at row %lld: %s", tg_ledger_fault_name(r.fault),
+                 (long long)r.row_id, r.detail);
+    assert_int_equal(r.chained_rows, rows);
+}
+
+static void assert_fault(const char *path, enum tg_ledger_fault f, int64_t row_id)
+{
+    struct tg_ledger_verify_report r;
+    verify_ok(path, &r);
+    if (r.fault != f || r.row_id != row_id)
+        fail_msg("verify: want %s at row %lld, got %s at row %lld (%s)",
+                 tg_ledger_fault_name(f), (long long)row_id, tg_ledger_fault_name(r.fault),
+                 (long long)r.row_id, r.detail);
+}
+
+static void test_chain_built(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    struct ack r1 = {0}, b = {0}, s1 = {0}, rej = {0};
+    entry(&e, "req-r1");
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &r1), TG_OK);
+    tg_ledger_flush(lg);
+    sqlite3 *db = reader(f->path);
+    char sql[640], buf[128];
+    snprintf(sql, sizeof sql, "SELECT chain_seq IS NULL AND prev_hash IS NULL AND row_hash IS"
+             " NULL FROM requests WHERE id = %lld", (long long)r1.row_id);
+    assert_int_equal(q_int(db, sql), 1);   /* a reservation is not chained */
+    assert_int_equal(q_int(db, "SELECT count(*) FROM bill_daily"), 0);
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_INTACT);
+    assert_int_equal(r.in_flight, 1);
+    assert_int_equal(r.chained_rows, 0);
+    assert_string_equal(r.head_hex, "");
+
+    entry(&e, "req-b");
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 5;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &b), TG_OK);
+    entry(&e, "req-r1");
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 7;
+    e.prompt_tokens = 3;
+    assert_int_equal(tg_ledger_settle(lg, r1.row_id, &e, record_ack, &s1), TG_OK);
+    entry(&e, "req-rej");
+    e.status = TG_ROW_REJECTED;
+    e.cost_nano = 0;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &rej), TG_OK);
+    tg_ledger_close(lg);
+    assert_int_equal(s1.st, TG_OK);
+
+    /* Chain order is commit order: b, then the settlement of r1, then the rejection. */
+    const int64_t order[] = {b.row_id, r1.row_id, rej.row_id};
+    unsigned char prev[32] = {0};
+    char last_hex[65] = "";
+    for (int i = 0; i < 3; i++) {
+        snprintf(sql, sizeof sql, "SELECT id FROM requests WHERE chain_seq = %d", i + 1);
+        assert_int_equal(q_int(db, sql), order[i]);
+        snprintf(sql, sizeof sql, "SELECT " TG_CHAIN_COLUMNS ", prev_hash, row_hash FROM"
+                 " requests WHERE chain_seq = %d", i + 1);
+        sqlite3_stmt *s = NULL;
+        assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+        char want_prev[65], got_hash[65];
+        tg_chain_hex(prev, want_prev);
+        assert_string_equal((const char *)sqlite3_column_text(s, 21), want_prev);
+        independent_hash(s, prev, got_hash);
+        assert_string_equal((const char *)sqlite3_column_text(s, 22), got_hash);
+        assert_true(tg_chain_unhex(got_hash, 64, prev));
+        snprintf(last_hex, sizeof last_hex, "%s", got_hash);
+        sqlite3_finalize(s);
+    }
+    assert_string_equal(q_text(db, "SELECT value FROM meta WHERE key = 'chain_head'", buf,
+                               sizeof buf), last_hex);
+    assert_string_equal(q_text(db, "SELECT value FROM meta WHERE key = 'chain_seq'", buf,
+                               sizeof buf), "3");
+    /* Rolled up in the same transactions. */
+    assert_int_equal(q_int(db, "SELECT sum(requests) FROM bill_daily"), 3);
+    assert_int_equal(q_int(db, "SELECT sum(cost_nano) FROM bill_daily WHERE status ="
+                               " 'billed'"), 12);
+    assert_int_equal(q_int(db, "SELECT day FROM bill_daily LIMIT 1"), 1767225600000 / 86400000);
+    sqlite3_close(db);
+
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_INTACT);
+    assert_int_equal(r.chained_rows, 3);
+    assert_int_equal(r.head_seq, 3);
+    assert_int_equal(r.in_flight, 0);
+    assert_string_equal(r.head_hex, last_hex);
+
+    /* Reopening continues the chain from the recorded head. */
+    lg = open_ok(f->path, NULL);
+    entry(&e, "req-after");
+    e.status = TG_ROW_FAILED;
+    assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
+    tg_ledger_close(lg);
+    assert_intact(f->path, 4);
+}
+
+static void test_chain_encoding(void **state)
+{
+    struct tg_chain_hasher *h = tg_chain_hasher_new();
+    assert_non_null(h);
+    struct tg_chain_value a[TG_CHAIN_NFIELDS], b[TG_CHAIN_NFIELDS];
+    memset(a, 0, sizeof a);
+    for (int i = 0; i < TG_CHAIN_NFIELDS; i++)
+        a[i].type = SQLITE_NULL;
+    memcpy(b, a, sizeof b);
+    unsigned char prev[32] = {0}, ha[32], hb[32];
+    /* NULL and "" differ. */
+    b[TG_CF_ERROR_TYPE].type = SQLITE_TEXT;
+    b[TG_CF_ERROR_TYPE].p = "";
+    b[TG_CF_ERROR_TYPE].n = 0;
+    assert_int_equal(tg_chain_hash(h, prev, a, ha), TG_OK);
+    assert_int_equal(tg_chain_hash(h, prev, b, hb), TG_OK);
+    assert_memory_not_equal(ha, hb, 32);
+    /* ("ab", "c") and ("a", "bc") differ: lengths are part of the encoding. */
+    a[TG_CF_KEY_ID] = (struct tg_chain_value){.type = SQLITE_TEXT, .p = "ab", .n = 2};
+    a[TG_CF_PROVIDER] = (struct tg_chain_value){.type = SQLITE_TEXT, .p = "c", .n = 1};
+    memcpy(b, a, sizeof b);
+    b[TG_CF_KEY_ID].n = 1;
+    b[TG_CF_PROVIDER] = (struct tg_chain_value){.type = SQLITE_TEXT, .p = "bc", .n = 2};
+    assert_int_equal(tg_chain_hash(h, prev, a, ha), TG_OK);
+    assert_int_equal(tg_chain_hash(h, prev, b, hb), TG_OK);
+    assert_memory_not_equal(ha, hb, 32);
+    /* 1 (integer) and "1" (text) differ; the same values hash the same. */
+    memcpy(b, a, sizeof b);
+    a[TG_CF_COST_NANO] = (struct tg_chain_value){.type = SQLITE_INTEGER, .i = 1};
+    b[TG_CF_COST_NANO] = (struct tg_chain_value){.type = SQLITE_TEXT, .p = "1", .n = 1};
+    assert_int_equal(tg_chain_hash(h, prev, a, ha), TG_OK);
+    assert_int_equal(tg_chain_hash(h, prev, b, hb), TG_OK);
+    assert_memory_not_equal(ha, hb, 32);
+    assert_int_equal(tg_chain_hash(h, prev, a, hb), TG_OK);
+    assert_memory_equal(ha, hb, 32);
+    /* The previous hash is part of it. */
+    prev[31] = 1;
+    assert_int_equal(tg_chain_hash(h, prev, a, hb), TG_OK);
+    assert_memory_not_equal(ha, hb, 32);
+    tg_chain_hasher_free(h);
+
+    unsigned char x[32];
+    assert_false(tg_chain_unhex("00", 2, x));
+    char upper[65];
+    memset(upper, 'A', 64);
+    upper[64] = '\0';
+    assert_false(tg_chain_unhex(upper, 64, x));
+    assert_int_equal(tg_chain_day(-1), -1);
+    assert_int_equal(tg_chain_day(0), 0);
+    assert_int_equal(tg_chain_day(86399999), 0);
+    assert_int_equal(tg_chain_day(86400000), 1);
+}
+
+/* An UPDATE with the sqlite3 library, as a person with the file would do it. */
+static void test_verify_catches_update(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[8];
+    make_chain(f->path, 8, ids);
+    assert_intact(f->path, 8);
+    char sql[160];
+
+    /* Columns outside the money (timings, the disconnect flag) are not hashed. */
+    snprintf(sql, sizeof sql, "UPDATE requests SET duration_us = 1, client_disconnected = 1"
+             " WHERE id = %lld", (long long)ids[1]);
+    exec_sql(f->path, sql);
+    assert_intact(f->path, 8);
+
+    snprintf(sql, sizeof sql, "UPDATE requests SET cost_nano = cost_nano - 1 WHERE id = %lld",
+             (long long)ids[5]);
+    exec_sql(f->path, sql);
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_ALTERED);
+    assert_int_equal(r.row_id, ids[5]);
+    assert_string_equal(r.request_id, "chain-5");
+    assert_int_equal(r.attempt, 2);
+    assert_int_equal(r.chained_rows, 5);   /* the five before it verified */
+
+    /* Two edits: the first in chain order is named. NULL -> '' is an edit too. */
+    snprintf(sql, sizeof sql, "UPDATE requests SET error_type = '' WHERE id = %lld",
+             (long long)ids[3]);
+    exec_sql(f->path, sql);
+    assert_fault(f->path, TG_LEDGER_ALTERED, ids[3]);
+    /* So is a status change, and a hash rewritten without its successor. */
+    exec_sql(f->path, "UPDATE requests SET error_type = NULL, status = 'failed' WHERE"
+                      " request_id = 'chain-0'");
+    assert_fault(f->path, TG_LEDGER_ALTERED, ids[0]);
+}
+
+static void test_verify_catches_delete(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[6];
+    make_chain(f->path, 6, ids);
+    char sql[96];
+    snprintf(sql, sizeof sql, "DELETE FROM requests WHERE id = %lld", (long long)ids[2]);
+    exec_sql(f->path, sql);
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_DELETED);
+    assert_int_equal(r.row_id, ids[3]);   /* "deleted before it" */
+    assert_string_equal(tg_ledger_fault_name(r.fault), "deleted before it");
+    assert_non_null(strstr(r.detail, "3..3"));
+
+    /* Deleting and renumbering the rest does not hide it. */
+    exec_sql(f->path, "UPDATE requests SET chain_seq = chain_seq - 1 WHERE chain_seq > 3;"
+                      " UPDATE meta SET value = '5' WHERE key = 'chain_seq'");
+    assert_fault(f->path, TG_LEDGER_DELETED, ids[3]);
+}
+
+static void test_verify_catches_truncation(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[4];
+    make_chain(f->path, 4, ids);
+    char sql[96];
+    snprintf(sql, sizeof sql, "DELETE FROM requests WHERE id = %lld", (long long)ids[3]);
+    exec_sql(f->path, sql);
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_TRUNCATED);
+    assert_int_equal(r.row_id, 0);
+    /* The writer keeps linking to the recorded head, so the gap stays visible. */
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    entry(&e, "req-later");
+    e.status = TG_ROW_BILLED;
+    struct ack a = {0};
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &a), TG_OK);
+    tg_ledger_close(lg);
+    assert_fault(f->path, TG_LEDGER_DELETED, a.row_id);
+}
+
+/* Copy row `from` as a new row with a valid hash linking to `prev_seq`'s row, at chain
+ * position `seq` (a forger who knows the format). Returns the new id. */
+static int64_t forge_row(const char *path, int64_t from, int64_t prev_seq, int64_t seq,
+                         const char *request_id)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char sql[512];
+    snprintf(sql, sizeof sql, "INSERT INTO requests SELECT NULL, '%s', attempt, key_id,"
+             " provider, model_requested, model_canonical, model_upstream,"
+             " upstream_request_id, prompt_tokens, completion_tokens, cached_tokens,"
+             " usage_source, price_version, cost_nano, reserved_nano, status, http_status,"
+             " error_type, ttfb_us, duration_us, queue_us, streamed, client_disconnected,"
+             " created_ms, settled_ms, NULL, NULL, NULL FROM requests WHERE id = %lld",
+             request_id, (long long)from);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    int64_t id = sqlite3_last_insert_rowid(db);
+    unsigned char prev[32];
+    char prev_hex[65] = "", hash_hex[65];
+    if (prev_seq > 0) {
+        snprintf(sql, sizeof sql, "SELECT row_hash FROM requests WHERE chain_seq = %lld",
+                 (long long)prev_seq);
+        q_text(db, sql, prev_hex, sizeof prev_hex);
+        assert_true(tg_chain_unhex(prev_hex, 64, prev));
+    } else {
+        memset(prev, 0, sizeof prev);
+        tg_chain_hex(prev, prev_hex);
+    }
+    snprintf(sql, sizeof sql, "SELECT " TG_CHAIN_COLUMNS " FROM requests WHERE id = %lld",
+             (long long)id);
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    independent_hash(s, prev, hash_hex);
+    sqlite3_finalize(s);
+    snprintf(sql, sizeof sql, "UPDATE requests SET chain_seq = %lld, prev_hash = '%s',"
+             " row_hash = '%s' WHERE id = %lld", (long long)seq, prev_hex, hash_hex,
+             (long long)id);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    return id;
+}
+
+static void test_verify_catches_insert(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[6];
+
+    /* 1. A settled row written straight into the table, outside the chain. */
+    make_chain(f->path, 6, ids);
+    exec_sql(f->path, "INSERT INTO requests (request_id, attempt, usage_source, status,"
+                      " streamed, client_disconnected, created_ms, cost_nano) VALUES"
+                      " ('forged', 1, 'reported', 'billed', 0, 0, 1767225600000, 5)");
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_INSERTED);
+    assert_string_equal(r.request_id, "forged");
+    assert_string_equal(tg_ledger_fault_name(r.fault), "inserted out of order");
+
+    /* 2. A row with a valid hash squeezed into the middle, later rows renumbered and the
+     * recorded head moved: the row after it still links past it. */
+    rm_ledger(f->path);
+    make_chain(f->path, 6, ids);
+    exec_sql(f->path, "UPDATE requests SET chain_seq = chain_seq + 1000 WHERE chain_seq > 3;"
+                      " UPDATE requests SET chain_seq = chain_seq - 999 WHERE chain_seq > 1000;"
+                      " UPDATE meta SET value = '7' WHERE key = 'chain_seq'");
+    int64_t forged = forge_row(f->path, ids[1], 3, 4, "forged-mid");
+    assert_fault(f->path, TG_LEDGER_INSERTED, forged);
+
+    /* 3. Appended after the recorded head with a valid link: never assigned by the writer. */
+    rm_ledger(f->path);
+    make_chain(f->path, 6, ids);
+    forged = forge_row(f->path, ids[0], 6, 7, "forged-end");
+    assert_fault(f->path, TG_LEDGER_INSERTED, forged);
+
+    /* 4. Between two positions (a REAL chain_seq). */
+    exec_sql(f->path, "UPDATE requests SET chain_seq = 2.5 WHERE request_id = 'forged-end'");
+    assert_fault(f->path, TG_LEDGER_INSERTED, forged);
+}
+
+static void test_verify_catches_rollup_edit(void **state)
+{
+    struct fixture *f = *state;
+    int64_t ids[6];
+    make_chain(f->path, 6, ids);
+    assert_intact(f->path, 6);
+    exec_sql(f->path, "UPDATE bill_daily SET cost_nano = cost_nano + 1 WHERE"
+                      " (day, key_id, provider, model, status) = (SELECT day, key_id,"
+                      " provider, model, status FROM bill_daily LIMIT 1)");
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_ROLLUP);
+    assert_non_null(strstr(r.detail, "bill_daily"));
+    exec_sql(f->path, "UPDATE bill_daily SET cost_nano = cost_nano - 1 WHERE"
+                      " (day, key_id, provider, model, status) = (SELECT day, key_id,"
+                      " provider, model, status FROM bill_daily LIMIT 1)");
+    assert_intact(f->path, 6);
+    exec_sql(f->path, "DELETE FROM bill_daily WHERE day = (SELECT max(day) FROM bill_daily)");
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_ROLLUP);
+}
+
+static void test_resettle_refused(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    struct ack r = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    entry(&e, "req-twice");
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &r), TG_OK);
+    tg_ledger_flush(lg);
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 100;
+    assert_int_equal(tg_ledger_settle(lg, r.row_id, &e, record_ack, &s1), TG_OK);
+    e.cost_nano = 999;
+    e.status = TG_ROW_FAILED;
+    assert_int_equal(tg_ledger_settle(lg, r.row_id, &e, record_ack, &s2), TG_OK);
+    e.status = TG_ROW_RESERVED;   /* a settlement is final */
+    assert_int_equal(tg_ledger_settle(lg, r.row_id, &e, record_ack, &s3), TG_ERR_RANGE);
+    /* A row inserted terminal is just as final. */
+    struct ack t = {0}, t2 = {0};
+    entry(&e, "req-terminal");
+    e.status = TG_ROW_REJECTED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &t), TG_OK);
+    tg_ledger_flush(lg);
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_settle(lg, t.row_id, &e, record_ack, &t2), TG_OK);
+    tg_ledger_close(lg);
+    assert_int_equal(s1.st, TG_OK);
+    assert_int_equal(s2.calls, 1);
+    assert_int_equal(s2.st, TG_ERR_STATE);
+    assert_int_equal(s2.row_id, 0);
+    assert_int_equal(s3.calls, 0);
+    assert_int_equal(t2.st, TG_ERR_STATE);
+
+    sqlite3 *db = reader(f->path);
+    char sql[160], buf[32];
+    snprintf(sql, sizeof sql, "SELECT cost_nano FROM requests WHERE id = %lld",
+             (long long)r.row_id);
+    assert_int_equal(q_int(db, sql), 100);
+    snprintf(sql, sizeof sql, "SELECT status FROM requests WHERE id = %lld",
+             (long long)t.row_id);
+    assert_string_equal(q_text(db, sql, buf, sizeof buf), "rejected");
+    assert_int_equal(q_int(db, "SELECT sum(requests) FROM bill_daily"), 2);
+    sqlite3_close(db);
+    assert_intact(f->path, 2);
+}
+
+static void test_mark_disconnected(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    struct ack r1 = {0}, r2 = {0}, s2 = {0};
+    entry(&e, "req-m1");
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &r1), TG_OK);
+    entry(&e, "req-m2");
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &r2), TG_OK);
+    tg_ledger_flush(lg);
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 42;
+    entry(&e, "req-m1");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_settle(lg, r1.row_id, &e, NULL, NULL), TG_OK);
+    tg_ledger_flush(lg);
+    sqlite3 *db = reader(f->path);
+    char sql[160], before[80], after[80];
+    snprintf(sql, sizeof sql, "SELECT row_hash FROM requests WHERE id = %lld",
+             (long long)r1.row_id);
+    q_text(db, sql, before, sizeof before);
+
+    /* After the settlement: only the flag changes, the chain stays intact. */
+    assert_int_equal(tg_ledger_mark_disconnected(lg, r1.row_id), TG_OK);
+    /* Before the settlement: a settlement that says "not disconnected" keeps the flag. */
+    assert_int_equal(tg_ledger_mark_disconnected(lg, r2.row_id), TG_OK);
+    entry(&e, "req-m2");
+    e.status = TG_ROW_FAILED;
+    e.client_disconnected = false;
+    assert_int_equal(tg_ledger_settle(lg, r2.row_id, &e, record_ack, &s2), TG_OK);
+    assert_int_equal(tg_ledger_mark_disconnected(lg, 987654), TG_OK);   /* logged only */
+    assert_int_equal(tg_ledger_mark_disconnected(lg, 0), TG_ERR_RANGE);
+    assert_int_equal(tg_ledger_mark_disconnected(NULL, 1), TG_ERR_STATE);
+    tg_ledger_close(lg);
+    assert_int_equal(s2.st, TG_OK);
+
+    snprintf(sql, sizeof sql, "SELECT client_disconnected FROM requests WHERE id = %lld",
+             (long long)r1.row_id);
+    assert_int_equal(q_int(db, sql), 1);
+    snprintf(sql, sizeof sql, "SELECT client_disconnected FROM requests WHERE id = %lld",
+             (long long)r2.row_id);
+    assert_int_equal(q_int(db, sql), 1);
+    snprintf(sql, sizeof sql, "SELECT row_hash FROM requests WHERE id = %lld",
+             (long long)r1.row_id);
+    assert_string_equal(q_text(db, sql, after, sizeof after), before);
+    sqlite3_close(db);
+    assert_intact(f->path, 2);
+}
+
+/* Crashed reservations become interrupted rows: chained, rolled up, never re-settled. */
+static void test_sweep_is_chained(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    struct ack r1 = {0}, s1 = {0};
+    entry(&e, "req-crash");
+    snprintf(e.key_id, sizeof e.key_id, "kc");
+    e.queue_us = 77;
+    e.prompt_tokens = 12;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &r1), TG_OK);
+    entry(&e, "req-done");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
+    tg_ledger_close(lg);
+    lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 1);
+    entry(&e, "req-crash");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_settle(lg, r1.row_id, &e, record_ack, &s1), TG_OK);
+    tg_ledger_close(lg);
+    assert_int_equal(s1.st, TG_ERR_STATE);
+    assert_intact(f->path, 2);
+    sqlite3 *db = reader(f->path);
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT chain_seq = 2 AND queue_us = 77 AND prompt_tokens = 12"
+             " AND status = 'interrupted' FROM requests WHERE id = %lld", (long long)r1.row_id);
+    assert_int_equal(q_int(db, sql), 1);
+    assert_int_equal(q_int(db, "SELECT requests FROM bill_daily WHERE status = 'interrupted'"
+                               " AND key_id = 'kc'"), 1);
+    sqlite3_close(db);
+}
+
+/* One operation that breaks a constraint fails alone; the chain skips it. */
+static void test_failed_op_keeps_chain(void **state)
+{
+    struct fixture *f = *state;
+    tg_ledger_close(open_ok(f->path, NULL));
+    exec_sql(f->path, "CREATE TRIGGER boom BEFORE INSERT ON requests"
+                      " WHEN NEW.request_id = 'boom' BEGIN SELECT RAISE(ABORT, 'no'); END");
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    struct ack a = {0}, b = {0}, c = {0};
+    tg_ledger_test_pause(lg, true);
+    entry(&e, "ok-1");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &a), TG_OK);
+    entry(&e, "boom");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &b), TG_OK);
+    entry(&e, "ok-2");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &c), TG_OK);
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_close(lg);
+    assert_int_equal(a.st, TG_OK);
+    assert_int_equal(b.st, TG_ERR_PARSE);
+    assert_int_equal(c.st, TG_OK);
+    assert_int_equal(c.row_id, a.row_id + 1);
+    assert_intact(f->path, 2);
+
+    /* A rollup that cannot be written fails the whole batch: nothing half-written. */
+    exec_sql(f->path, "CREATE TRIGGER rollup_boom BEFORE INSERT ON bill_daily"
+                      " WHEN NEW.provider = 'boom' BEGIN SELECT RAISE(ABORT, 'no'); END");
+    lg = open_ok(f->path, NULL);
+    struct ack d = {0}, g = {0}, h = {0};
+    tg_ledger_test_pause(lg, true);
+    entry(&e, "ok-3");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &d), TG_OK);
+    entry(&e, "bad-rollup");
+    snprintf(e.provider, sizeof e.provider, "boom");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &g), TG_OK);
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    assert_int_equal(d.st, TG_ERR_IO);
+    assert_int_equal(g.st, TG_ERR_IO);
+    entry(&e, "ok-4");
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &h), TG_OK);
+    tg_ledger_close(lg);
+    assert_int_equal(h.st, TG_OK);
+    assert_int_equal(h.row_id, c.row_id + 1);   /* the failed batch gave its ids back */
+    assert_intact(f->path, 3);
+}
+
+/* ---- `tollgate ledger` ---------------------------------------------------------------- */
+
+struct captured {
+    int code;
+    char out[8192];
+    char err[4096];
+};
+
+static void slurp(FILE *fp, char *buf, size_t len)
+{
+    fflush(fp);
+    rewind(fp);
+    size_t n = fread(buf, 1, len - 1, fp);
+    buf[n] = '\0';
+    fclose(fp);
+}
+
+static void run_cli(struct captured *c, int argc, const char **argv)
+{
+    FILE *out = tmpfile(), *err = tmpfile();
+    assert_non_null(out);
+    assert_non_null(err);
+    fflush(stdout);
+    fflush(stderr);
+    int saved_out = dup(1), saved_err = dup(2);
+    dup2(fileno(out), 1);
+    dup2(fileno(err), 2);
+    c->code = tg_cli_ledger(argc, (char **)argv);
+    fflush(stdout);
+    fflush(stderr);
+    dup2(saved_out, 1);
+    dup2(saved_err, 2);
+    close(saved_out);
+    close(saved_err);
+    slurp(out, c->out, sizeof c->out);
+    slurp(err, c->err, sizeof c->err);
+}
+
+static void test_cli_verify(void **state)
+{
+    struct fixture *f = *state;
+    static struct captured c;
+    const char *missing[] = {"ledger", "verify", "--ledger", f->path};
+    run_cli(&c, 4, missing);
+    assert_int_equal(c.code, 1);
+    assert_non_null(strstr(c.err, f->path));
+    assert_int_equal(access(f->path, F_OK), -1);   /* never created */
+
+    int64_t ids[5];
+    make_chain(f->path, 5, ids);
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    const char *ok[] = {"ledger", "verify", "--ledger", f->path};
+    run_cli(&c, 4, ok);
+    assert_int_equal(c.code, 0);
+    char want[200];
+    snprintf(want, sizeof want, "ledger OK: 5 settled rows, chain head %s\n", r.head_hex);
+    assert_true(strncmp(c.out, want, strlen(want)) == 0);
+
+    char sql[96];
+    snprintf(sql, sizeof sql, "UPDATE requests SET cost_nano = 1 WHERE id = %lld",
+             (long long)ids[1]);
+    exec_sql(f->path, sql);
+    run_cli(&c, 4, ok);
+    assert_int_equal(c.code, 1);
+    snprintf(want, sizeof want, "ledger TAMPERED: row id %lld (request chain-1 attempt 2):"
+             " altered\n", (long long)ids[1]);
+    assert_true(strncmp(c.out, want, strlen(want)) == 0);
+
+    const char *json[] = {"ledger", "verify", "--json", "--ledger", f->path};
+    run_cli(&c, 5, json);
+    assert_int_equal(c.code, 1);
+    assert_non_null(strstr(c.out, "\"verdict\": \"altered\""));
+    assert_non_null(strstr(c.out, "\"request_id\": \"chain-1\""));
+
+    const char *bad[][3] = {{"ledger"}, {"ledger", "frobnicate"}, {"ledger", "verify", "--x"},
+                            {"ledger", "verify", "--ledger"}};
+    const int bad_argc[] = {1, 2, 3, 3};
+    for (int i = 0; i < 4; i++) {
+        run_cli(&c, bad_argc[i], bad[i]);
+        if (c.code != 2)
+            fail_msg("case %d: exit %d, want 2", i, c.code);
+        assert_non_null(strstr(c.err, "usage: tollgate ledger"));
+    }
+    const char *help[] = {"ledger", "--help"};
+    run_cli(&c, 2, help);
+    assert_int_equal(c.code, 0);
+    assert_non_null(strstr(c.out, "usage: tollgate ledger verify"));
+}
+
 int main(void)
 {
     tg_log_set_level(TG_LOG_OFF);
@@ -701,6 +1432,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queue_limit_default, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_enqueues_during_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_foreign_files, setup, teardown),
+        cmocka_unit_test(test_chain_encoding),
+        cmocka_unit_test_setup_teardown(test_chain_built, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify_catches_update, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify_catches_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify_catches_truncation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify_catches_insert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify_catches_rollup_edit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resettle_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mark_disconnected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_is_chained, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
