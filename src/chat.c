@@ -784,7 +784,7 @@ void tg_chat_client_done(struct tg_request *r, bool ok)
         tg_engine_cancel(r->gw->engine, r);
     /* settled, but the answer never fully reached the client: say so on the row (the
      * provider still billed it, so the cost stays) */
-    if (mark_row && tg_ledger_settle(r->gw->ledger, r->row_id, &r->le, NULL, NULL) != TG_OK)
+    if (mark_row && tg_ledger_mark_disconnected(r->gw->ledger, r->row_id) != TG_OK)
         tg_warn("request %s: could not flag the ledger row as client-disconnected",
                 r->request_id);
     tg_request_unref(r);

@@ -13,6 +13,7 @@ static void usage(FILE *f)
             "  serve    run the gateway (tollgate serve --help)\n"
             "  bill     print the bill from a ledger file (tollgate bill --help)\n"
             "  keys     create, list, revoke and rotate API keys (tollgate keys --help)\n"
+            "  ledger   verify the ledger's hash chain, export rows (tollgate ledger --help)\n"
 
             "  version  print the version\n",
             TOLLGATE_VERSION);
@@ -31,6 +32,8 @@ int main(int argc, char **argv)
         return tg_cli_bill(argc - 1, argv + 1);
     if (strcmp(cmd, "keys") == 0)
         return tg_cli_keys(argc - 1, argv + 1);
+    if (strcmp(cmd, "ledger") == 0)
+        return tg_cli_ledger(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("tollgate %s\n", TOLLGATE_VERSION);
         return 0;

@@ -12,6 +12,7 @@
 #include <microhttpd.h>
 #include <openssl/rand.h>
 
+#include "admin.h"
 #include "chat.h"
 #include "engine.h"
 #include "gateway.h"
@@ -19,12 +20,13 @@
 #include "tollgate/log.h"
 #include "tollgate/money.h"
 
-enum route { R_NONE = 0, R_HEALTH, R_MODELS, R_MODEL, R_CHAT, R_NOT_FOUND, R_BAD_METHOD };
+enum route { R_NONE = 0, R_HEALTH, R_MODELS, R_MODEL, R_CHAT, R_ADMIN, R_NOT_FOUND, R_BAD_METHOD };
 
 struct http_ctx {
     enum route route;
     const char *allow;          /* for 405 */
     struct tg_request *r;       /* R_CHAT: the request (our reference) */
+    struct tg_admin_job *admin; /* R_ADMIN */
     bool too_large;
     bool begun;
     bool unauthorized;
@@ -246,6 +248,8 @@ static void route(struct http_ctx *ctx, const char *url, const char *method)
     } else if (strncmp(u, "/models/", 8) == 0 && u[8]) {
         ctx->route = get ? R_MODEL : R_BAD_METHOD;
         ctx->allow = "GET, HEAD";
+    } else if (strncmp(url, "/admin/", 7) == 0) {
+        ctx->route = R_ADMIN;
     } else if (strcmp(u, "/chat/completions") == 0) {
         ctx->route = post ? R_CHAT : R_BAD_METHOD;
         ctx->allow = "POST";
@@ -366,6 +370,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_YES;   /* suspended until the engine or ledger wakes us */
         }
         return chat_answer(conn, ctx->r);
+    case R_ADMIN:
+        return tg_admin_handle(gw, conn, url, method, &ctx->admin);
     case R_BAD_METHOD: {
         char msg[96];
         snprintf(msg, sizeof msg, "method %.16s is not allowed here; use %s", method, ctx->allow);
@@ -390,6 +396,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     if (ctx->r)
         tg_chat_client_done(ctx->r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    tg_admin_done(ctx->admin);
     free(ctx);
     *con_cls = NULL;
 }
