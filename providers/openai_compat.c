@@ -359,8 +359,8 @@ void tg_oa_on_header(const struct tg_provider_conf *pc, const char *name, const 
     if (strcmp(name, "retry-after") == 0) {
         char *end;
         long s = strtol(value, &end, 10);
-        if (end != value && s >= 0)
-            meta->retry_after_s = s;
+        if (end != value && s >= 0)   /* a day is plenty; larger values are noise */
+            meta->retry_after_s = s > 86400 ? 86400 : s;
     }
     if (passthrough_name(name) && meta->n_pass < TG_MAX_PASSTHROUGH_HEADERS &&
         strlen(name) < sizeof meta->pass_name[0] && strlen(value) < sizeof meta->pass_value[0]) {

@@ -645,6 +645,11 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
             fail_with(r, 504, "timeout_error", "upstream_timeout",
                       "%s did not finish in time (limit %ld ms)", c->pc->name,
                       r->stream ? c->pc->stream_timeout_ms : c->pc->timeout_ms);
+        } else if (rc == CURLE_SEND_FAIL_REWIND) {
+            /* a reused connection died before answering; libcurl may not resend (engine.c) */
+            fault = TG_FAULT_BAD_RESPONSE;
+            fail_with(r, 502, "upstream_error", "upstream_connection_closed",
+                      "provider %s closed a kept-alive connection before answering", c->pc->name);
         } else if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
                    rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION) {
             fault = TG_FAULT_CONNECT;

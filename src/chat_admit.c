@@ -19,17 +19,7 @@
  * catalog's. false when unknown. */
 bool tg_chat_effective_price(const struct tg_candidate *c, int64_t *in, int64_t *out)
 {
-    if (c->pc->price_override) {
-        *in = c->pc->price_in_nano;
-        *out = c->pc->price_out_nano;
-        return true;
-    }
-    if (c->offer && c->offer->price_known) {
-        *in = c->offer->input_nano_per_mtok;
-        *out = c->offer->output_nano_per_mtok;
-        return true;
-    }
-    return false;
+    return tg_offer_price(c->pc, c->offer, in, out);
 }
 
 /* Worst-case cost of the request on candidate c (nano-USD), or -1 if its price is unknown:

@@ -88,6 +88,16 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
     return tg_chat_on_header(ud, buf, size * n);
 }
 
+static size_t on_read(char *buf, size_t size, size_t n, void *ud)
+{
+    struct tg_request *r = ud;
+    size_t left = r->up_body_len - r->up_sent, max = size * n;
+    size_t k = left < max ? left : max;
+    memcpy(buf, r->up_body + r->up_sent, k);
+    r->up_sent += k;
+    return k;
+}
+
 static size_t on_write(char *buf, size_t size, size_t n, void *ud)
 {
     return tg_chat_on_data(ud, buf, size * n);
@@ -131,7 +141,13 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     const struct tg_candidate *c = &r->plan.c[r->cand];
     curl_easy_setopt(h, CURLOPT_URL, r->up_url);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->up_body);
+    /* The body comes from a read callback with no seek callback on purpose: when a reused
+     * keep-alive connection dies before any answer, libcurl would quietly send the POST a
+     * second time (one attempt, two provider requests, one ledger row). Unable to rewind,
+     * it fails instead, and the retry is ours: counted, backed off and on the ledger. */
+    r->up_sent = 0;
+    curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(h, CURLOPT_READDATA, r);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body_len);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->up_headers);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);

@@ -182,13 +182,15 @@ void tg_health_record(struct tg_health *h, const char *provider, const char *mod
     }
     /* speed: an EWMA weighs recent traffic most while smoothing single outliers */
     const double alpha = 0.3;
+    /* an unmeasured success (no tokens, no timing) must not drag the averages to zero:
+     * each average starts at its first real sample */
     if (completion_tokens > 0 && gen_us > 0) {
         double tps = (double)completion_tokens * 1e6 / (double)gen_us;
-        e->tps = e->samples ? alpha * tps + (1 - alpha) * e->tps : tps;
+        e->tps = e->tps > 0 ? alpha * tps + (1 - alpha) * e->tps : tps;
     }
     if (ttfb_us > 0) {
         double ms = (double)ttfb_us / 1000.0;
-        e->ttfb_ms = e->samples ? alpha * ms + (1 - alpha) * e->ttfb_ms : ms;
+        e->ttfb_ms = e->ttfb_ms > 0 ? alpha * ms + (1 - alpha) * e->ttfb_ms : ms;
     }
     e->samples++;
     e->last_sample_ms = now_ms;

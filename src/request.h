@@ -78,6 +78,7 @@ struct tg_request {
     json_t *client_json_inline;    /* the body with image URLs fetched into data: URIs */
     char *up_body;                 /* serialized upstream body (owned) */
     size_t up_body_len;
+    size_t up_sent;                /* engine: bytes of up_body handed to libcurl */
     int64_t prompt_estimate;       /* tokens, from message text length */
     long long t_start_us;
 

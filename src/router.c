@@ -62,6 +62,32 @@ static int add_candidate(struct tg_route_plan *plan, const struct tg_provider_co
     return TG_OK;
 }
 
+bool tg_offer_price(const struct tg_provider_conf *pc, const struct tg_offer *o, int64_t *in,
+                    int64_t *out)
+{
+    if (pc && pc->price_override) {
+        *in = pc->price_in_nano;
+        *out = pc->price_out_nano;
+        return true;
+    }
+    if (o && o->price_known) {
+        *in = o->input_nano_per_mtok;
+        *out = o->output_nano_per_mtok;
+        return true;
+    }
+    return false;
+}
+
+/* Expected cost on candidate c, with the price that really applies there. */
+static int64_t candidate_cost(const struct tg_candidate *c, int64_t prompt, int64_t output)
+{
+    int64_t in, out, cost;
+    if (!tg_offer_price(c->pc, c->offer, &in, &out) ||
+        tg_cost_nano(prompt, in, output, out, &cost) != TG_OK)
+        return INT64_MAX;
+    return cost;
+}
+
 int64_t tg_route_expected_cost(const struct tg_offer *o, int64_t prompt_tokens,
                                int64_t output_tokens)
 {
@@ -97,7 +123,7 @@ static void rank(struct tg_route_plan *plan, size_t from, const struct tg_config
         k[i].key = 0;
         switch (plan->policy) {
         case TG_POLICY_CHEAPEST: {
-            int64_t cost = tg_route_expected_cost(c->offer, prompt, out_tokens);
+            int64_t cost = candidate_cost(c, prompt, out_tokens);
             k[i].key = cost == INT64_MAX ? 1e300 : (double)cost;
             break;
         }
@@ -198,6 +224,13 @@ static int parse_max_price(const json_t *mp, const char *key, int64_t *out, stru
                  "provider.max_price.%s must be a decimal string of USD per million tokens, "
                  "e.g. \"0.5\"", key);
     return TG_ERR_PARSE;
+}
+
+static bool within_max_price(const struct provider_prefs *p, const struct tg_provider_conf *pc,
+                             const struct tg_offer *o)
+{
+    int64_t in, out;
+    return tg_offer_price(pc, o, &in, &out) && in <= p->max_in && out <= p->max_out;
 }
 
 static int parse_prefs(const struct tg_config *cfg, const json_t *obj, struct tg_route_plan *plan,
@@ -352,6 +385,19 @@ int tg_route_plan_build(const struct tg_config *cfg, const struct tg_catalog *ca
                      "include it", suffix_pc->name);
         return TG_ERR_PARSE;
     }
+    if (suffix_pc && (in_list(prefs.ignore, prefs.n_ignore, suffix_pc) ||
+                      (prefs.max_price &&
+                       !within_max_price(&prefs, suffix_pc,
+                                         tg_catalog_find(cat, plan->model_out)
+                                             ? tg_model_offer(tg_catalog_find(cat, plan->model_out),
+                                                              suffix_pc->name)
+                                             : NULL)))) {
+        tg_error_set(err, 400, TG_SRC_CALLER, "invalid_request_error", "provider",
+                     "provider_conflict",
+                     "the model suffix names \"%s\" but the provider preferences exclude it "
+                     "(ignore or max_price)", suffix_pc->name);
+        return TG_ERR_PARSE;
+    }
     const struct tg_provider_conf *named = field_pc ? field_pc : suffix_pc;
     plan->explicit_provider = named != NULL;
     size_t n_named = 0;
@@ -413,8 +459,7 @@ int tg_route_plan_build(const struct tg_config *cfg, const struct tg_catalog *ca
             continue;
         if ((prefs.has_only && !in_list(prefs.only, prefs.n_only, pc)) ||
             in_list(prefs.ignore, prefs.n_ignore, pc) ||
-            (prefs.max_price && (!offer->price_known || offer->input_nano_per_mtok > prefs.max_in ||
-                                 offer->output_nano_per_mtok > prefs.max_out))) {
+            (prefs.max_price && !within_max_price(&prefs, pc, offer))) {
             filtered = pc;
             continue;
         }

@@ -53,6 +53,11 @@ int tg_route_plan_build(const struct tg_config *cfg, const struct tg_catalog *ca
                         const struct tg_route_hints *hints, struct tg_route_plan *plan,
                         struct tg_error *err) TG_WUR;
 
+/* The price that applies to an offer served by pc: the provider's own "price" from the
+ * config when it has one (local workers), else the catalog's. false when unknown. */
+bool tg_offer_price(const struct tg_provider_conf *pc, const struct tg_offer *o, int64_t *in,
+                    int64_t *out);
+
 /* Expected cost in nano-USD of a request on an offer (for :cheapest); INT64_MAX if the
  * price is unknown. */
 int64_t tg_route_expected_cost(const struct tg_offer *o, int64_t prompt_tokens,

@@ -112,9 +112,6 @@ static void test_shipped_catalog_models(void **state)
     m = must_model(&cat, "meta-llama/Llama-4-Scout-17B-16E-Instruct");
     assert_true(m->caps & TG_CAP_VISION);
     assert_false(m->caps & TG_CAP_REASONING);
-    tg_catalog_cleanup(&cat);
-    assert_null(cat.models);
-    assert_int_equal(cat.n_models, 0);
     static const char *const local[] = {
         "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
         "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
@@ -125,6 +122,9 @@ static void test_shipped_catalog_models(void **state)
         assert_non_null(tg_model_offer(lm, "local"));
         assert_false(tg_model_offer(lm, "local")->price_known);   /* priced by the provider */
     }
+    tg_catalog_cleanup(&cat);
+    assert_null(cat.models);
+    assert_int_equal(cat.n_models, 0);
 }
 
 /* The prices in providers.md (models.dev snapshot 2026-07-02 and the cited older catalogs). */
