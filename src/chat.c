@@ -391,6 +391,11 @@ void tg_chat_slot_refused(struct tg_request *r)
 void tg_chat_slot_granted(struct tg_request *r)
 {
     r->le.queue_us = tg_now_us() - r->queued_at_us;
+    if (!tg_request_client_alive(r)) {
+        r->client_left = true;   /* do not make the worker answer nobody */
+        tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, true);
+        return;
+    }
     if (atomic_load(&r->gw->stopping) || tg_engine_start(r->gw->engine, r, 0) != TG_OK)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);
 }
@@ -584,6 +589,12 @@ static void plan_next(struct tg_request *r, enum tg_fault fault)
 
 void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
 {
+    if (r->client_left) {
+        cancelled = true;   /* a liveness peek found the client gone */
+        pthread_mutex_lock(&r->mu);
+        r->client_gone = true;
+        pthread_mutex_unlock(&r->mu);
+    }
     const struct tg_candidate *c = &r->plan.c[r->cand];
     const struct tg_provider_ops *ops = c->pc->impl->ops;
     struct tg_ledger_entry *e = &r->le;

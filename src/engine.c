@@ -111,6 +111,15 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     struct tg_request *r = ud;
     const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
     long long now = tg_now_us();
+    /* while nothing is relayed the connection is suspended and libmicrohttpd cannot see a
+     * client leave: peek ourselves, about once a second, and stop paying for the answer */
+    if (!r->stream_started && now - r->t_alive_check_us > 1000000) {
+        r->t_alive_check_us = now;
+        if (!tg_request_client_alive(r)) {
+            r->client_left = true;
+            return 1;
+        }
+    }
     if (!r->t_resp_start_us) {
         if (now - r->t_attempt_us > (long long)pc->first_byte_timeout_ms * 1000) {
             r->timeout_kind = 1;

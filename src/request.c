@@ -3,7 +3,9 @@
  * both decisions happen under r->mu, so a wake-up can never be lost. */
 #include "request.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #include <microhttpd.h>
@@ -67,6 +69,11 @@ struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *
     atomic_init(&r->refs, 1);
     r->gw = gw;
     r->conn = conn;
+    r->client_fd = -1;
+    const union MHD_ConnectionInfo *ci =
+        conn ? MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
+    if (ci)
+        r->client_fd = ci->connect_fd;
     pthread_mutex_init(&r->mu, NULL);
     r->body.limit = gw->cfg.max_body_bytes;
     r->up_resp.limit = TG_MAX_UPSTREAM_BODY;
@@ -119,6 +126,19 @@ void tg_request_set_state(struct tg_request *r, enum tg_req_state s)
     tg_debug("request %s: %s -> %s", r->request_id, tg_req_state_name(r->state),
              tg_req_state_name(s));
     r->state = s;
+}
+
+bool tg_request_client_alive(const struct tg_request *r)
+{
+    char c;
+    if (r->client_fd < 0)
+        return true;
+    ssize_t n = recv(r->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0)
+        return true;   /* a pipelined request is waiting: still there */
+    if (n == 0)
+        return false;  /* orderly close */
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 }
 
 void tg_request_sleep_locked(struct tg_request *r)

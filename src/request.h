@@ -96,6 +96,7 @@ struct tg_request {
     long long t_last_rx_us;        /* last byte received (idle timeout) */
     long long t_first_byte_us;     /* first body byte (time to first token for streams) */
     int timeout_kind;              /* 0, or which of our own timeouts aborted the transfer */
+    long long t_alive_check_us;    /* last client liveness peek */
     bool paused;                   /* upstream paused by back-pressure */
     struct tg_request *eng_prev, *eng_next;   /* the engine's list of running transfers */
     char *up_url;                  /* owned */
@@ -104,6 +105,8 @@ struct tg_request {
     pthread_mutex_t mu;
     enum tg_req_state state;
     struct MHD_Connection *conn;
+    int client_fd;                 /* the client's socket, for liveness peeks; -1 unknown */
+    bool client_left;              /* a liveness peek found the client gone */
     bool suspended;                /* we suspended conn and owe it a resume */
     bool client_gone;              /* the client side ended (completed callback) */
     bool response_queued;          /* the HTTP thread queued a response */
@@ -135,6 +138,10 @@ void tg_request_unref(struct tg_request *r);
 /* The one state setter: checks the transition is allowed and traces it at debug level.
  * Caller holds r->mu. */
 void tg_request_set_state(struct tg_request *r, enum tg_req_state s);
+
+/* Is the client still connected? Only meaningful while its connection is suspended (a
+ * peek at the socket: orderly close or reset = gone). Any thread. */
+bool tg_request_client_alive(const struct tg_request *r);
 
 /* Suspend the client connection (HTTP thread, r->mu held). */
 void tg_request_sleep_locked(struct tg_request *r);

@@ -127,6 +127,37 @@ struct tg_worker *tg_worker_for(struct tg_gateway *gw, const struct tg_provider_
     return NULL;
 }
 
+/* Drop queued requests whose clients hung up (their connections are suspended, so nobody
+ * else would notice): they must not hold a place in the bounded queue, nor reach the
+ * worker. Supervisor thread. */
+static void prune_queue(struct tg_worker *w)
+{
+    struct tg_request *gone = NULL, **pp;
+    pthread_mutex_lock(&w->mu);
+    pp = &w->qhead;
+    w->qtail = NULL;
+    while (*pp) {
+        struct tg_request *q = *pp;
+        if (!tg_request_client_alive(q)) {
+            *pp = q->slot_next;
+            w->queued--;
+            q->slot_next = gone;
+            gone = q;
+        } else {
+            w->qtail = q;
+            pp = &q->slot_next;
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    while (gone) {
+        struct tg_request *next = gone->slot_next;
+        gone->client_left = true;
+        tg_chat_on_done(gone, CURLE_ABORTED_BY_CALLBACK, true);
+        tg_request_unref(gone);   /* the queue's reference */
+        gone = next;
+    }
+}
+
 /* ---- supervision ---------------------------------------------------------------------- */
 
 static size_t sink(char *p, size_t s, size_t n, void *ud)
@@ -274,6 +305,7 @@ static void wait_a_while(struct tg_worker *w, long ms)
 {
     long long end = tg_now_us() + ms * 1000LL;
     while (!stopping(w)) {
+        prune_queue(w);
         long long left = (end - tg_now_us()) / 1000;
         if (left <= 0)
             return;
