@@ -82,6 +82,7 @@ void tg_ledger_entry_init(struct tg_ledger_entry *e)
     e->usage_source = TG_USAGE_UNKNOWN;
     e->cost_nano = -1;
     e->reserved_nano = -1;
+    e->reference_cost_nano = -1;
     e->status = TG_ROW_RESERVED;
     e->ttfb_us = -1;
     e->duration_us = -1;
