@@ -173,7 +173,10 @@ static void on_reserved(void *ud, int st, int64_t row_id)
     pthread_mutex_lock(&run.mu);
     if (run.nready < run.cap)
         run.ready[run.nready++] = row_id;
-    pthread_cond_signal(&run.cv);
+    /* Wake a settler only when the list was empty: a wake-up per row would cost the
+     * writer thread (which runs this ack) a futex call per reservation. */
+    if (run.nready == 1)
+        pthread_cond_signal(&run.cv);
     pthread_mutex_unlock(&run.mu);
 }
 
