@@ -147,6 +147,7 @@ static void reset_attempt(struct tg_request *r)
     e->prompt_tokens = e->completion_tokens = e->cached_tokens = -1;
     e->usage_source = TG_USAGE_UNKNOWN;
     e->cost_nano = -1;
+    e->reference_cost_nano = -1;
     e->http_status = 0;
     e->error_type[0] = '\0';
     e->ttfb_us = e->duration_us = -1;
@@ -513,6 +514,7 @@ static void account(struct tg_request *r, const struct tg_usage *u, int64_t cont
                            c->pc->price_per_second_nano > 0 && e->duration_us > 0 ? e->duration_us : 0,
                            c->pc->price_per_second_nano, &cost) == TG_OK)
         e->cost_nano = cost;
+    e->reference_cost_nano = tg_chat_reference_cost(r, c, e->prompt_tokens, e->completion_tokens);
 }
 
 static void fail_with(struct tg_request *r, int status, const char *type, const char *code,

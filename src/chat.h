@@ -61,6 +61,9 @@ int tg_chat_admit_key(struct tg_request *r) TG_WUR;
 /* Images: vision-only, data: URIs validated; *need_fetch when URLs must be inlined. */
 int tg_chat_check_images(struct tg_request *r, bool *need_fetch) TG_WUR;
 void tg_chat_image_policy(const struct tg_request *r, struct tg_image_policy *pol);
+/* A local row's tokens at the cloud reference price (savings), or -1. */
+int64_t tg_chat_reference_cost(const struct tg_request *r, const struct tg_candidate *c,
+                               int64_t prompt, int64_t completion);
 
 /* HTTP thread: the request ended on the client side (completed callback). ok: the full
  * response was sent. Drops the HTTP layer's reference. */

@@ -121,3 +121,43 @@ int tg_chat_check_images(struct tg_request *r, bool *need_fetch)
     return TG_OK;
 }
 
+
+/* What the same tokens would have cost in the cloud, for a local worker's row: at the
+ * configured savings_reference, else at the cheapest priced cloud offer of a model with the
+ * same capabilities (vision for SmolVLM2). -1 when there is nothing to compare with. */
+int64_t tg_chat_reference_cost(const struct tg_request *r, const struct tg_candidate *c,
+                               int64_t prompt, int64_t completion)
+{
+    const struct tg_provider_conf *pc = c->pc;
+    const struct tg_catalog *cat = &r->cat->cat;
+    int64_t best = -1, cost;
+    if (!(pc->impl->flags & TG_PROV_LOCAL) || prompt < 0 || completion < 0)
+        return -1;
+    if (pc->savings_provider[0]) {
+        const struct tg_model *m = tg_catalog_find(cat, pc->savings_model);
+        const struct tg_offer *o = m ? tg_model_offer(m, pc->savings_provider) : NULL;
+        if (o && o->price_known &&
+            tg_cost_nano(prompt, o->input_nano_per_mtok, completion, o->output_nano_per_mtok,
+                         &cost) == TG_OK)
+            return cost;
+        return -1;
+    }
+    unsigned want = r->plan.model ? r->plan.model->caps & TG_CAP_VISION : 0;
+    for (size_t i = 0; i < cat->n_models; i++) {
+        const struct tg_model *m = &cat->models[i];
+        if ((m->caps & want) != want)
+            continue;
+        for (size_t k = 0; k < m->n_offers; k++) {
+            const struct tg_offer *o = &m->offers[k];
+            const struct tg_provider_conf *opc = tg_config_provider(&r->gw->cfg, o->provider);
+            if (!o->price_known || (opc && (opc->impl->flags & TG_PROV_LOCAL)) ||
+                strcmp(o->provider, pc->name) == 0)
+                continue;
+            if (tg_cost_nano(prompt, o->input_nano_per_mtok, completion,
+                             o->output_nano_per_mtok, &cost) == TG_OK &&
+                (best < 0 || cost < best))
+                best = cost;
+        }
+    }
+    return best;
+}
