@@ -50,7 +50,7 @@ if [ "$FREE_KB" -lt "$NEED_KB" ]; then
 fi
 cleanup() {
     if [ "${KEEP:-0}" != 1 ]; then
-        rm -f "$DB" "$DB-wal" "$DB-shm" "$DIR/fresh.db" "$DIR/fresh.db-wal" \
+        rm -f "$DB" "$DB-wal" "$DB-shm" "$DIR/fresh.db" "$DIR/fresh.db-wal" "$DIR/bill.txt" \
               "$DIR/fresh.db-shm"
         rmdir "$DIR" 2>/dev/null || true
     else
