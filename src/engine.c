@@ -1,6 +1,8 @@
-/* engine.c: the libcurl multi loop. Owns every easy handle: creates it from the request's
- * prepared URL/headers/body, runs it, and reports bytes and completion to chat.c. Other
- * threads only enqueue operations; all curl calls happen on this thread. */
+/* engine.c: the libcurl multi loop, event-driven: curl_multi_socket_action over our own
+ * epoll, so the cost of a wake-up is the sockets that are ready, not every transfer (5,000
+ * idle streams cost nothing). Owns every easy handle: creates it from the request's prepared
+ * URL/headers/body, runs it, and reports bytes and completion to chat.c. Other threads only
+ * enqueue operations (and poke an eventfd); all curl calls happen on this thread. */
 #include "engine.h"
 
 #include <pthread.h>
@@ -9,6 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -35,6 +41,10 @@ struct tg_engine {
     bool stopping;               /* guarded by mu */
     atomic_long active;
     struct tg_request *running;  /* engine thread only: transfers in the multi handle */
+    int epfd;                    /* the sockets libcurl asked us to watch, and evfd */
+    int evfd;                    /* wake-up from other threads */
+    long long timer_due_us;      /* libcurl's next timeout (monotonic), 0 = none */
+    long long next_sweep_us;     /* next check of our own deadlines */
     struct op *delayed;          /* engine thread only: starts waiting for their time, by due */
 };
 
@@ -60,7 +70,10 @@ static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r,
         e->head = o;
     e->tail = o;
     pthread_mutex_unlock(&e->mu);
-    curl_multi_wakeup(e->multi);
+    uint64_t one = 1;
+    if (write(e->evfd, &one, sizeof one) < 0) {
+        /* the counter is already non-zero: the engine is being woken anyway */
+    }
     return TG_OK;
 }
 
@@ -103,33 +116,30 @@ static size_t on_write(char *buf, size_t size, size_t n, void *ud)
     return tg_chat_on_data(ud, buf, size * n);
 }
 
-/* libcurl calls this at least about once a second per transfer: the place to enforce the
- * first-byte and idle timeouts, which curl has no option for. */
-static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-                       curl_off_t ulnow)
+/* Our own deadlines, which libcurl has no option for: time to the first response byte,
+ * silence between bytes, and (while nothing is relayed, so the client connection is parked
+ * where libmicrohttpd cannot see it) whether the client is still there. Returns true when r
+ * must be aborted; sets why on r. */
+static bool past_deadline(struct tg_request *r, long long now)
 {
-    struct tg_request *r = ud;
     const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
-    long long now = tg_now_us();
-    /* while nothing is relayed the connection is suspended and libmicrohttpd cannot see a
-     * client leave: peek ourselves, about once a second, and stop paying for the answer */
     if (!r->stream_started && now - r->t_alive_check_us > 1000000) {
         r->t_alive_check_us = now;
         if (!tg_request_client_alive(r)) {
             r->client_left = true;
-            return 1;
+            return true;
         }
     }
     if (!r->t_resp_start_us) {
         if (now - r->t_attempt_us > (long long)pc->first_byte_timeout_ms * 1000) {
             r->timeout_kind = 1;
-            return 1;
+            return true;
         }
     } else if (!r->paused && now - r->t_last_rx_us > (long long)pc->idle_timeout_ms * 1000) {
         r->timeout_kind = 2;
-        return 1;
+        return true;
     }
-    return 0;
+    return false;
 }
 
 /* Set up and add r's transfer; on failure finish it at once. */
@@ -164,9 +174,6 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_PRIVATE, r);
-    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(h, CURLOPT_XFERINFODATA, r);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -276,9 +283,63 @@ static int run_delayed(struct tg_engine *e)
     return ms < 1000 ? (int)ms : 1000;
 }
 
+/* libcurl: watch (or stop watching) socket s. */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct tg_engine *e = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev = {.data.fd = s};
+    if (what & CURL_POLL_IN)
+        ev.events |= EPOLLIN;
+    if (what & CURL_POLL_OUT)
+        ev.events |= EPOLLOUT;
+    if (epoll_ctl(e->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+        epoll_ctl(e->epfd, EPOLL_CTL_ADD, s, &ev);
+    return 0;
+}
+
+/* libcurl: call socket_action(TIMEOUT) after timeout_ms (-1 = no timer). */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct tg_engine *e = userp;
+    e->timer_due_us = timeout_ms < 0 ? 0 : tg_now_us() + (long long)timeout_ms * 1000;
+    return 0;
+}
+
+static void reap(struct tg_engine *e)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        struct tg_request *r = NULL;
+        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        finish_transfer(e, r, rc, false);
+    }
+}
+
+/* Abort transfers past one of our deadlines (a few times a second, O(transfers)). */
+static void sweep(struct tg_engine *e, long long now)
+{
+    struct tg_request *r = e->running;
+    while (r) {
+        struct tg_request *next = r->eng_next;
+        if (past_deadline(r, now))
+            finish_transfer(e, r, CURLE_ABORTED_BY_CALLBACK, false);
+        r = next;
+    }
+}
+
 static void *engine_main(void *arg)
 {
     struct tg_engine *e = arg;
+    struct epoll_event evs[256];
+    int running = 0;
     for (;;) {
         run_ops(e, false);
         int wait_ms = run_delayed(e);
@@ -287,22 +348,47 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&e->mu);
         if (stopping)
             break;
-        int running = 0;
-        curl_multi_perform(e->multi, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(e->multi, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            struct tg_request *r = NULL;
-            CURLcode rc = msg->data.result;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-            finish_transfer(e, r, rc, false);
+        long long now = tg_now_us();
+        if (e->timer_due_us) {
+            long long t = e->timer_due_us <= now ? 0 : (e->timer_due_us - now + 999) / 1000;
+            if (t < wait_ms)
+                wait_ms = (int)t;
         }
-        /* sleeps until a socket is ready, a timeout is due, or curl_multi_wakeup */
-        curl_multi_poll(e->multi, NULL, 0, wait_ms, NULL);
+        if (e->running) {
+            long long t = e->next_sweep_us <= now ? 0 : (e->next_sweep_us - now + 999) / 1000;
+            if (t < wait_ms)
+                wait_ms = (int)t;
+        }
+        int n = epoll_wait(e->epfd, evs, 256, wait_ms);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == e->evfd) {
+                uint64_t v;
+                if (read(e->evfd, &v, sizeof v) < 0) {
+                    /* spurious: nothing to drain */
+                }
+                continue;
+            }
+            int flags = 0;
+            if (evs[i].events & EPOLLIN)
+                flags |= CURL_CSELECT_IN;
+            if (evs[i].events & EPOLLOUT)
+                flags |= CURL_CSELECT_OUT;
+            if (evs[i].events & (EPOLLERR | EPOLLHUP))
+                flags |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(e->multi, evs[i].data.fd, flags, &running);
+        }
+        now = tg_now_us();
+        if (e->timer_due_us && e->timer_due_us <= now) {
+            e->timer_due_us = 0;
+            curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+        reap(e);
+        if (e->running && e->next_sweep_us <= now) {
+            e->next_sweep_us = now + 250000;
+            sweep(e, now);
+        }
     }
-    /* stopping: abort what still runs; each settles as cancelled by shutdown */
+    /* stopping: abort what still runs; each settles as abandoned by shutdown */
     while (e->running)
         finish_transfer(e, e->running, CURLE_ABORTED_BY_CALLBACK, false);
     while (e->delayed) {
@@ -323,6 +409,7 @@ struct tg_engine *tg_engine_new(char *err, size_t errlen)
         snprintf(err, errlen, "engine: out of memory");
         return NULL;
     }
+    e->epfd = e->evfd = -1;
     pthread_mutex_init(&e->mu, NULL);
     e->multi = curl_multi_init();
     if (!e->multi) {
@@ -331,12 +418,27 @@ struct tg_engine *tg_engine_new(char *err, size_t errlen)
     }
     /* keep enough idle upstream connections around for keep-alive reuse under load */
     curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, 512L);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    e->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event wake = {.events = EPOLLIN, .data.fd = e->evfd};
+    if (e->epfd < 0 || e->evfd < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &wake) != 0) {
+        snprintf(err, errlen, "engine: cannot set up epoll");
+        goto fail;
+    }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         snprintf(err, errlen, "engine: cannot start its thread");
         goto fail;
     }
     return e;
 fail:
+    if (e->epfd >= 0)
+        close(e->epfd);
+    if (e->evfd >= 0)
+        close(e->evfd);
     if (e->multi)
         curl_multi_cleanup(e->multi);
     pthread_mutex_destroy(&e->mu);
@@ -351,9 +453,14 @@ void tg_engine_free(struct tg_engine *e)
     pthread_mutex_lock(&e->mu);
     e->stopping = true;
     pthread_mutex_unlock(&e->mu);
-    curl_multi_wakeup(e->multi);
+    uint64_t one = 1;
+    if (write(e->evfd, &one, sizeof one) < 0) {
+        /* already signalled */
+    }
     pthread_join(e->thread, NULL);
     curl_multi_cleanup(e->multi);
+    close(e->epfd);
+    close(e->evfd);
     pthread_mutex_destroy(&e->mu);
     free(e);
 }
