@@ -108,6 +108,28 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])   # utime + stime, all threads
 
 
+def machine_ticks():
+    """(busy, steal) jiffies summed over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return v[0] + v[1] + v[2] + v[5] + v[6], v[7] if len(v) > 7 else 0
+
+
+def own_ticks(pids):
+    """jiffies used by the processes we run: targets (by pid), finished children (load
+    generators), and this harness."""
+    t = 0
+    for pid in pids:
+        try:
+            t += cpu_ticks(pid)
+        except OSError:
+            pass
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return t + (ch.ru_utime + ch.ru_stime + me.ru_utime + me.ru_stime) * CLK_TCK
+
+
 def mem_kb(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -275,6 +297,9 @@ class Bench:
         n0 = self.mock.calls
         reset_hwm(pid)
         c0 = cpu_ticks(pid)
+        pids = {self.mock_proc.pid} | {x["pid"] for x in self.targets.values()}
+        m0, st0 = machine_ticks()
+        o0 = own_ticks(pids)
         t0 = time.time()
         if kind == "plain":
             cmd, env = run_wrk(t["port"], conns, duration, t["headers"], t["model"])
@@ -292,20 +317,36 @@ class Bench:
             self.sock[(kind, tname, conns)] = self.sockcheck(tname)
         out, _ = p.communicate(timeout=duration + 120)
         elapsed = time.time() - t0
+        m1, st1 = machine_ticks()
+        o1 = own_ticks(pids)
+        cap = elapsed * (os.cpu_count() or 1) * CLK_TCK
+        other_pct = max(0.0, ((m1 - m0) - (o1 - o0)) / cap * 100) if cap else 0
+        steal_pct = (st1 - st0) / cap * 100 if cap else 0
         r = parse_wrk(out) if kind == "plain" else parse_sc(out)
         c1 = cpu_ticks(pid)
         rss, hwm = mem_kb(pid)
-        # the gateway may still finish requests the load generator abandoned at its deadline
-        settle_deadline = time.time() + 10
-        while True:
-            s1 = self.mock.stats()
-            if not gw:
-                break
-            led = self.ledger.since(first_id)
-            if (led["reserved"] == 0 and led["rows"] >= s1["chat_requests"] - s0["chat_requests"]) \
-                    or time.time() > settle_deadline:
-                break
-            time.sleep(0.1)
+        # the gateway may still finish requests the load generator abandoned at its deadline:
+        # wait until the ledger and the mock agree and both stay still for two readings
+        s1 = self.mock.stats()
+        if gw:
+            settle_deadline = time.time() + 15
+            prev = None
+            while time.time() < settle_deadline:
+                led = self.ledger.since(first_id)
+                s1 = self.mock.stats()
+                cur = (led["rows"], led["reserved"], s1["chat_requests"])
+                if cur == prev and led["reserved"] == 0 and \
+                        led["rows"] == s1["chat_requests"] - s0["chat_requests"]:
+                    break
+                prev = cur
+                time.sleep(0.15)
+        else:
+            settle_deadline = time.time() + 5
+            prev = None
+            while time.time() < settle_deadline and s1["chat_requests"] != prev:
+                prev = s1["chat_requests"]
+                time.sleep(0.15)
+                s1 = self.mock.stats()
         up_reqs = s1["chat_requests"] - s0["chat_requests"]
         up_conns = s1["connections"] - s0["connections"] - (self.mock.calls - n0)
         cpu_s = (c1 - c0) / CLK_TCK
@@ -320,6 +361,7 @@ class Bench:
             "cpu_us_per_req": round(cpu_s * 1e6 / up_reqs, 1) if up_reqs else "",
             "rss_hwm_kb": hwm, "rss_end_kb": rss,
             "up_conns": up_conns, "up_reqs": up_reqs,
+            "other_cpu_pct": round(other_pct, 1), "steal_pct": round(steal_pct, 1),
         }
         if kind == "stream":
             for k in ("ttfc_p50", "ttfc_p90", "ttfc_p99", "ttfc_max", "chunk_p50", "chunk_p90",
@@ -545,11 +587,11 @@ def main():
     ap.add_argument("--perf", action="store_true", help="perf record tollgate at 64 connections")
     args = ap.parse_args()
     if args.rounds is None:
-        args.rounds = 2 if args.quick else 3
+        args.rounds = 3
     if args.duration is None:
-        args.duration = 2.0 if args.quick else 5.0
+        args.duration = 1.0 if args.quick else 5.0
     if args.stream_duration is None:
-        args.stream_duration = 2.0 if args.quick else 4.0
+        args.stream_duration = 1.5 if args.quick else 4.0
     conns_list = [int(c) for c in args.conns.split(",") if c]
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -18,7 +18,7 @@ RAW_FIELDS = [
     "chunk_max", "chunks", "chunks_expected", "complete", "incomplete", "cpu_s", "cpu_pct",
     "cpu_us_per_req", "rss_hwm_kb", "rss_end_kb", "rss_max_sampled_kb", "up_conns", "up_reqs",
     "streams_open_max", "conn_errors", "rows", "billed", "billed_disconnected", "reserved_left",
-    "failed", "parity", "parity_note",
+    "failed", "parity", "parity_note", "other_cpu_pct", "steal_pct",
 ]
 METRICS = ["rps", "lat_p50", "lat_p90", "lat_p99", "lat_max", "ttfc_p50", "ttfc_p90", "ttfc_p99",
            "ttfc_max", "chunk_p50", "chunk_p90", "chunk_p99", "chunk_max", "cpu_us_per_req",
@@ -126,6 +126,14 @@ def render(rows, info):
     para += (f"Ledger on (SQLite WAL, synchronous=normal), log level {s.get('log_level')}, "
              f"client auth: {s.get('auth', '?')}. Wall time {info.get('wall_time_s')} s.")
     md.append(para)
+    oth = sorted(num(r.get("other_cpu_pct")) for r in rows if num(r.get("other_cpu_pct")) is not None)
+    if oth:
+        stl = [num(r.get("steal_pct")) or 0 for r in rows if r.get("steal_pct") not in (None, "")]
+        md.append("")
+        md.append(f"Noise: during the cells, processes other than the benchmark's used a median "
+                  f"{statistics.median(oth):.1f}% (max {oth[-1]:.1f}%) of the machine's CPU, and "
+                  f"the hypervisor stole a median {statistics.median(stl):.1f}% (from /proc/stat). "
+                  f"A negative 'added' figure means the direct run of that round was slower: noise.")
     md.append("")
 
     if any(r["kind"] == "plain" for r in rows):

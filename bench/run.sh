@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # bench/run.sh: tollgate's benchmark, one command.
 #
-#   bench/run.sh                  default matrix (~6 min): 3 interleaved rounds of direct-to-mock
+#   bench/run.sh                  default matrix (~5 min): 3 interleaved rounds of direct-to-mock
 #                                 vs through-tollgate at 1, 16, 64, 256 connections,
 #                                 non-streaming (wrk) and streaming (stream_client)
-#   bench/run.sh --quick          the same, 2 rounds of 2 s cells (~2 min)
-#   bench/run.sh --portkey        also through Portkey's gateway (npm, pinned), side by side
+#   bench/run.sh --quick          the same, 3 rounds of 1-1.5 s cells (~1.5 min)
+#   bench/run.sh --portkey        also through Portkey's gateway (npm, pinned), side by side (~7 min)
 #   bench/run.sh --open-streams   also 5,000 concurrent open streams, one chunk per second
 #   bench/run.sh --open-streams-only [--open-count N] [--open-seconds S]
 #   bench/run.sh --ref REV        build tollgate from a committed revision (git archive) rather
