@@ -41,17 +41,22 @@ static const char *const dim_rows[] = {
 };
 
 /* Each row's contribution to the sums (struct tg_bill_line order), from bill_daily and
- * from requests: the same nine numbers. */
+ * from requests: the same twelve numbers. A row counts as referenced only with both its
+ * reference cost and its own cost known (as ledger_store.c's rollup() counts it). */
 static const char values_rollup[] =
     "requests AS c1, prompt_tokens AS c2, completion_tokens AS c3, cost_nano AS c4,"
     " unpriced AS c5, unpriced_prompt_tokens AS c6, unpriced_completion_tokens AS c7,"
-    " estimated AS c8, estimated_cost_nano AS c9";
+    " estimated AS c8, estimated_cost_nano AS c9, referenced AS c10,"
+    " reference_cost_nano AS c11, referenced_cost_nano AS c12";
 static const char values_rows[] =
     "1, prompt_tokens, completion_tokens, cost_nano, cost_nano IS NULL,"
     " CASE WHEN cost_nano IS NULL THEN prompt_tokens END,"
     " CASE WHEN cost_nano IS NULL THEN completion_tokens END,"
-    " usage_source = 'estimated', CASE WHEN usage_source = 'estimated' THEN cost_nano END";
-#define NSUMS 9
+    " usage_source = 'estimated', CASE WHEN usage_source = 'estimated' THEN cost_nano END,"
+    " reference_cost_nano IS NOT NULL AND cost_nano IS NOT NULL,"
+    " CASE WHEN cost_nano IS NOT NULL THEN reference_cost_nano END,"
+    " CASE WHEN reference_cost_nano IS NOT NULL THEN cost_nano END";
+#define NSUMS 12
 
 /* [since, until) is read as: the whole UTC days inside it from bill_daily (?2 <= day < ?3,
  * only if ?8), the partial days at its ends from the rows (?4 <= created_ms < ?5 and
@@ -118,7 +123,7 @@ static int bind_split(sqlite3_stmt *s, const struct tg_bill_filter *f, const str
 }
 
 /* rollup UNION ALL head rows UNION ALL tail rows, for the statuses in `statuses`; the first
- * SELECT names the columns: g0.. (dimensions), [st,] c1..c9 (values). */
+ * SELECT names the columns: g0.. (dimensions), [st,] c1..c12 (values). */
 static void union_sql(FILE *m, const struct tg_bill_filter *f, const char *statuses,
                       bool with_status)
 {
@@ -226,6 +231,9 @@ static int add_line(struct tg_bill_line *acc, const struct tg_bill_line *l)
     if (st == TG_OK) st = add(&acc->unpriced_completion_tokens, l->unpriced_completion_tokens);
     if (st == TG_OK) st = add(&acc->estimated, l->estimated);
     if (st == TG_OK) st = add(&acc->estimated_cost_nano, l->estimated_cost_nano);
+    if (st == TG_OK) st = add(&acc->referenced, l->referenced);
+    if (st == TG_OK) st = add(&acc->reference_cost_nano, l->reference_cost_nano);
+    if (st == TG_OK) st = add(&acc->referenced_cost_nano, l->referenced_cost_nano);
     return st;
 }
 
@@ -305,10 +313,13 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
             !column_sum(s, c + 5, &l->unpriced_prompt_tokens) ||
             !column_sum(s, c + 6, &l->unpriced_completion_tokens) ||
             !column_sum(s, c + 7, &l->estimated) ||
-            !column_sum(s, c + 8, &l->estimated_cost_nano)) {
+            !column_sum(s, c + 8, &l->estimated_cost_nano) ||
+            !column_sum(s, c + 9, &l->referenced) ||
+            !column_sum(s, c + 10, &l->reference_cost_nano) ||
+            !column_sum(s, c + 11, &l->referenced_cost_nano)) {
             set_err(err, errlen, "bill: %s: a line (provider %s, model %s) has a non-integer"
-                    " token count or cost", path, l->provider ? l->provider : "-",
-                    l->model ? l->model : "-");
+                    " token count, cost or reference cost", path,
+                    l->provider ? l->provider : "-", l->model ? l->model : "-");
             st = TG_ERR_PARSE;
             goto out;
         }

@@ -1,6 +1,7 @@
 /* bill_render.c: the bill as a table for people, CSV and JSON. Formatting only: every
- * number printed is one the bill already holds; nothing here sums or rounds money (the
- * estimated share is an integer ratio rounded once, by tg_bill_percent). */
+ * number printed is one the bill already holds or an exact difference of two of them (the
+ * savings, tg_bill_savings_nano); nothing here sums or rounds money (the estimated share is
+ * an integer ratio rounded once, by tg_bill_percent). */
 #include "tollgate/bill.h"
 
 #include <jansson.h>
@@ -9,14 +10,16 @@
 
 #include "tollgate/money.h"
 
-#define NSUM 7
+/* The table's number columns; the last, SAVINGS USD, only when some row has a reference. */
+#define NSUM 8
+#define NSUM_PLAIN 7
 #define MAXCOLS (TG_BILL_MAX_DIMS + NSUM)
 
 static const char *const dim_heads[] = {"KEY", "PROVIDER", "MODEL", "DAY"};
 static const char *const dim_names[] = {"key_id", "provider", "model", "day"};
 static const char *const sum_heads[NSUM] = {
     "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS", "COST USD", "UNPRICED", "ESTIMATED",
-    "EST. COST USD",
+    "EST. COST USD", "SAVINGS USD",
 };
 
 static const char *dim_value(const struct tg_bill_line *l, enum tg_bill_dim d)
@@ -47,6 +50,7 @@ static void format_instant(int64_t ms, char *buf, size_t len)
 struct grid {
     unsigned ndims;
     const enum tg_bill_dim *dims;
+    unsigned nsum;                /* NSUM_PLAIN, or NSUM with the savings column */
     size_t width[MAXCOLS];
 };
 
@@ -63,13 +67,19 @@ static void row_cells(const struct grid *g, const struct tg_bill_line *l, const 
     snprintf(num[4], 32, "%lld", (long long)l->unpriced);
     snprintf(num[5], 32, "%lld", (long long)l->estimated);
     tg_usd_format(l->estimated_cost_nano, num[6], 32);
-    for (int i = 0; i < NSUM; i++)
-        cell[g->ndims + (unsigned)i] = num[i];
+    /* "-": no row of the line has a reference, so there is nothing to compare (a 0 would
+     * claim the cloud costs the same) */
+    if (l->referenced > 0)
+        tg_usd_format(tg_bill_savings_nano(l), num[7], 32);
+    else
+        snprintf(num[7], 32, "-");
+    for (unsigned i = 0; i < g->nsum; i++)
+        cell[g->ndims + i] = num[i];
 }
 
 static void widen(struct grid *g, const char *const cell[MAXCOLS])
 {
-    for (unsigned c = 0; c < g->ndims + NSUM; c++) {
+    for (unsigned c = 0; c < g->ndims + g->nsum; c++) {
         size_t n = strlen(cell[c]);
         if (n > g->width[c])
             g->width[c] = n;
@@ -80,7 +90,7 @@ static void widen(struct grid *g, const char *const cell[MAXCOLS])
  * blanks after the last column. */
 static void print_row(FILE *out, const struct grid *g, const char *const cell[MAXCOLS])
 {
-    for (unsigned c = 0; c < g->ndims + NSUM; c++) {
+    for (unsigned c = 0; c < g->ndims + g->nsum; c++) {
         int w = (int)g->width[c];
         if (c < g->ndims)
             fprintf(out, c ? "  %-*s" : "%-*s", w, cell[c]);
@@ -93,7 +103,7 @@ static void print_row(FILE *out, const struct grid *g, const char *const cell[MA
 static void print_rule(FILE *out, const struct grid *g)
 {
     size_t n = 0;
-    for (unsigned c = 0; c < g->ndims + NSUM; c++)
+    for (unsigned c = 0; c < g->ndims + g->nsum; c++)
         n += g->width[c] + (c ? 2 : 0);
     for (size_t i = 0; i < n; i++)
         fputc('-', out);
@@ -106,13 +116,14 @@ static void print_grid(FILE *out, unsigned ndims, const enum tg_bill_dim *dims,
                        const struct tg_bill_line *total, const char *total_label,
                        const char *empty)
 {
-    struct grid g = {.ndims = ndims, .dims = dims};
+    struct grid g = {.ndims = ndims, .dims = dims,
+                     .nsum = total->referenced > 0 ? NSUM : NSUM_PLAIN};
     char num[NSUM][32];
     const char *cell[MAXCOLS];
     for (unsigned i = 0; i < ndims; i++)
         cell[i] = dim_heads[dims[i]];
-    for (int i = 0; i < NSUM; i++)
-        cell[ndims + (unsigned)i] = sum_heads[i];
+    for (unsigned i = 0; i < g.nsum; i++)
+        cell[ndims + i] = sum_heads[i];
     widen(&g, cell);
     const char *heads[MAXCOLS];
     memcpy(heads, cell, sizeof heads);
@@ -148,7 +159,17 @@ static void write_table(const struct tg_bill *b, FILE *out)
     }
 
     fputc('\n', out);
-    char share[32], cost[32];
+    char share[32], cost[32], reference[32], referenced[32];
+    if (b->total.referenced > 0) {
+        bool one = b->total.referenced == 1;
+        fprintf(out, "Savings vs cloud reference: %s USD (%lld local request%s would have cost"
+                " %s USD in the cloud; %s cost %s USD)\n",
+                tg_usd_format(tg_bill_savings_nano(&b->total), cost, sizeof cost),
+                (long long)b->total.referenced, one ? "" : "s",
+                tg_usd_format(b->total.reference_cost_nano, reference, sizeof reference),
+                one ? "it" : "they",
+                tg_usd_format(b->total.referenced_cost_nano, referenced, sizeof referenced));
+    }
     if (tg_bill_percent(b->total.estimated_cost_nano, b->total.cost_nano, share, sizeof share))
         fprintf(out, "Estimated usage (included above): %lld requests, %s USD = %s%% of the"
                 " cost\n", (long long)b->total.estimated,
@@ -198,7 +219,7 @@ static void csv_field(FILE *out, const char *s)
 static void csv_line(FILE *out, const struct tg_bill_filter *f, const char *kind,
                      const struct tg_bill_line *l, unsigned shown)
 {
-    char cost[32], est[32], share[32];
+    char cost[32], est[32], share[32], ref[32], saved[32];
     fputs(kind, out);
     for (unsigned i = 0; i < f->nby; i++) {
         fputc(',', out);
@@ -207,13 +228,18 @@ static void csv_line(FILE *out, const struct tg_bill_filter *f, const char *kind
     }
     const char *pct = tg_bill_percent(l->estimated_cost_nano, l->cost_nano, share,
                                       sizeof share);
-    fprintf(out, ",%lld,%lld,%lld,%s,%lld,%lld,%lld,%s,%lld,%lld,%lld,%s\r\n",
+    fprintf(out, ",%lld,%lld,%lld,%s,%lld,%lld,%lld,%s,%lld,%lld,%lld,%s",
             (long long)l->requests, (long long)l->prompt_tokens,
             (long long)l->completion_tokens, tg_usd_format(l->cost_nano, cost, sizeof cost),
             (long long)l->cost_nano, (long long)l->unpriced, (long long)l->estimated,
             tg_usd_format(l->estimated_cost_nano, est, sizeof est),
             (long long)l->estimated_cost_nano, (long long)l->unpriced_prompt_tokens,
             (long long)l->unpriced_completion_tokens, pct ? pct : "");
+    int64_t savings = tg_bill_savings_nano(l);
+    fprintf(out, ",%lld,%s,%lld,%s,%lld\r\n", (long long)l->referenced,
+            tg_usd_format(l->reference_cost_nano, ref, sizeof ref),
+            (long long)l->reference_cost_nano, tg_usd_format(savings, saved, sizeof saved),
+            (long long)savings);
 }
 
 static void write_csv(const struct tg_bill *b, FILE *out)
@@ -224,7 +250,8 @@ static void write_csv(const struct tg_bill *b, FILE *out)
         fprintf(out, ",%s", dim_names[f->by[i]]);
     fputs(",requests,prompt_tokens,completion_tokens,cost_usd,cost_nano,unpriced_requests,"
           "estimated_requests,estimated_cost_usd,estimated_cost_nano,unpriced_prompt_tokens,"
-          "unpriced_completion_tokens,estimated_share_percent\r\n", out);
+          "unpriced_completion_tokens,estimated_share_percent,referenced_requests,"
+          "reference_cost_usd,reference_cost_nano,savings_usd,savings_nano\r\n", out);
     for (size_t i = 0; i < b->nlines; i++)
         csv_line(out, f, "line", &b->lines[i], ~0u);
     for (size_t i = 0; i < b->nkeys; i++)
@@ -233,14 +260,15 @@ static void write_csv(const struct tg_bill *b, FILE *out)
     /* Counted apart: `requests` (and, for unpriced, the tokens); the rest empty. */
     char pad[TG_BILL_MAX_DIMS + 1] = "";
     memset(pad, ',', f->nby);
-    fprintf(out, "unpriced%s,%lld,%lld,%lld,,,,,,,,,\r\n", pad, (long long)b->total.unpriced,
-            (long long)b->total.unpriced_prompt_tokens,
+    fprintf(out, "unpriced%s,%lld,%lld,%lld,,,,,,,,,,,,,,\r\n", pad,
+            (long long)b->total.unpriced, (long long)b->total.unpriced_prompt_tokens,
             (long long)b->total.unpriced_completion_tokens);
     const struct { const char *kind; int64_t n; } apart[] = {
         {"rejected", b->rejected}, {"interrupted", b->interrupted}, {"reserved", b->reserved},
     };
     for (size_t i = 0; i < 3; i++)
-        fprintf(out, "%s%s,%lld,,,,,,,,,,,\r\n", apart[i].kind, pad, (long long)apart[i].n);
+        fprintf(out, "%s%s,%lld,,,,,,,,,,,,,,,,\r\n", apart[i].kind, pad,
+                (long long)apart[i].n);
 }
 
 /* ---- json ------------------------------------------------------------------------------ */
@@ -286,6 +314,12 @@ static json_t *json_line(const struct tg_bill_filter *f, const struct tg_bill_li
                                       sizeof share);
     bad |= json_object_set_new(o, "estimated_share_percent",
                                pct ? json_string(pct) : json_null());
+    bad |= json_object_set_new(o, "referenced_requests", json_integer(l->referenced));
+    bad |= json_object_set_new(o, "reference_cost_usd", json_usd(l->reference_cost_nano));
+    bad |= json_object_set_new(o, "reference_cost_nano",
+                               json_integer(l->reference_cost_nano));
+    bad |= json_object_set_new(o, "savings_usd", json_usd(tg_bill_savings_nano(l)));
+    bad |= json_object_set_new(o, "savings_nano", json_integer(tg_bill_savings_nano(l)));
     if (bad) {
         json_decref(o);
         return NULL;

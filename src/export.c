@@ -23,9 +23,9 @@ static const char *const columns[] = {
     "id", "request_id", "attempt", "key_id", "provider", "model_requested",
     "model_canonical", "model_upstream", "upstream_request_id", "prompt_tokens",
     "completion_tokens", "cached_tokens", "usage_source", "price_version", "cost_nano",
-    "reserved_nano", "status", "http_status", "error_type", "ttfb_us", "duration_us",
-    "queue_us", "streamed", "client_disconnected", "created_ms", "settled_ms", "chain_seq",
-    "prev_hash", "row_hash",
+    "reserved_nano", "reference_cost_nano", "status", "http_status", "error_type", "ttfb_us",
+    "duration_us", "queue_us", "streamed", "client_disconnected", "created_ms", "settled_ms",
+    "chain_seq", "prev_hash", "row_hash",
 };
 #define NCOLUMNS (sizeof columns / sizeof columns[0])
 
@@ -38,9 +38,9 @@ static const char *const columns[] = {
 static const char select_sql[] =
     "SELECT id, request_id, attempt, key_id, provider, model_requested, model_canonical,"
     " model_upstream, upstream_request_id, prompt_tokens, completion_tokens, cached_tokens,"
-    " usage_source, price_version, cost_nano, reserved_nano, status, http_status, error_type,"
-    " ttfb_us, duration_us, queue_us, streamed, client_disconnected, created_ms, settled_ms,"
-    " chain_seq, prev_hash, row_hash FROM requests NOT INDEXED"
+    " usage_source, price_version, cost_nano, reserved_nano, reference_cost_nano, status,"
+    " http_status, error_type, ttfb_us, duration_us, queue_us, streamed, client_disconnected,"
+    " created_ms, settled_ms, chain_seq, prev_hash, row_hash FROM requests NOT INDEXED"
     " WHERE id BETWEEN ?4 AND ?5" FILTER " ORDER BY id";
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);

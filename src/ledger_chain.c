@@ -89,6 +89,10 @@ static void put_bytes(struct tg_chain_hasher *h, char tag, const void *p, size_t
     put(h, p, len);
 }
 
+/* Only the fields of enum tg_chain_field are hashed. reference_cost_nano (a local row's
+ * cost at the cloud reference price) stays outside with the timings: savings are a
+ * comparison, not money charged. (Editing it on a priced terminal row without bill_daily
+ * still shows in verify's rollup check.) */
 int tg_chain_hash(struct tg_chain_hasher *h, const unsigned char prev[TG_CHAIN_HASH_LEN],
                   const struct tg_chain_value v[TG_CHAIN_NFIELDS],
                   unsigned char out[TG_CHAIN_HASH_LEN])

@@ -37,6 +37,9 @@ static const char schema_sql[] =
     " price_version TEXT,"
     " cost_nano INTEGER,"              /* NULL = unknown price, never 0 */
     " reserved_nano INTEGER,"
+    /* Local rows: what the same tokens would have cost at the cloud reference price (the
+     * bill's savings). A comparison, not money charged: not hashed into the chain. */
+    " reference_cost_nano INTEGER,"
     " status TEXT NOT NULL,"           /* 'reserved'|'billed'|'failed'|'rejected'|'interrupted' */
     " http_status INTEGER,"
     " error_type TEXT,"
@@ -62,7 +65,10 @@ static const char schema_sql[] =
     /* The bill's rollup: one row per UTC day, key, provider, model and terminal status,
      * kept by the writer in the transaction of each terminal row. Text keys are '' where the
      * row has NULL; model is model_canonical, else model_upstream. Sums skip unknowns;
-     * unpriced counts rows whose cost is unknown (their tokens also in unpriced_*). */
+     * unpriced counts rows whose cost is unknown (their tokens also in unpriced_*).
+     * referenced counts rows with both a reference cost and a known cost: their
+     * reference_cost_nano and their own cost_nano (referenced_cost_nano, also in cost_nano)
+     * give the savings exactly; a row whose own cost is unknown has no savings to state. */
     "CREATE TABLE IF NOT EXISTS bill_daily ("
     " day INTEGER NOT NULL,"           /* floor(created_ms / 86400000) */
     " key_id TEXT NOT NULL,"
@@ -78,6 +84,9 @@ static const char schema_sql[] =
     " unpriced_completion_tokens INTEGER NOT NULL,"
     " estimated INTEGER NOT NULL,"
     " estimated_cost_nano INTEGER NOT NULL,"
+    " referenced INTEGER NOT NULL,"
+    " reference_cost_nano INTEGER NOT NULL,"
+    " referenced_cost_nano INTEGER NOT NULL,"
     " PRIMARY KEY (day, key_id, provider, model, status)) WITHOUT ROWID;"
     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '"
     TG_LEDGER_SCHEMA_VERSION "');";

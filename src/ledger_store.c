@@ -10,23 +10,24 @@
 
 #include "tollgate/log.h"
 
-/* Parameters ?1..?25 follow the column order of the table (request_id .. settled_ms); ?26
- * is the row id, ?27..?29 the chain columns. Every statement names ?29 so any of them may be
- * bound by the same code. */
+/* Parameters ?1..?25 follow the column order of the table (request_id .. settled_ms,
+ * reference_cost_nano left out); ?26 is the row id, ?27..?29 the chain columns, ?30
+ * reference_cost_nano. Every statement names ?30 so any of them may be bound by the same
+ * code. */
 static const char insert_sql[] =
     "INSERT INTO requests (id, request_id, attempt, key_id, provider, model_requested,"
     " model_canonical, model_upstream, upstream_request_id, prompt_tokens, completion_tokens,"
-    " cached_tokens, usage_source, price_version, cost_nano, reserved_nano, status,"
-    " http_status, error_type, ttfb_us, duration_us, queue_us, streamed, client_disconnected,"
-    " created_ms, settled_ms, chain_seq, prev_hash, row_hash) VALUES (?26, ?1, ?2, ?3, ?4,"
-    " ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,"
-    " ?23, ?24, ?25, ?27, ?28, ?29)";
+    " cached_tokens, usage_source, price_version, cost_nano, reserved_nano,"
+    " reference_cost_nano, status, http_status, error_type, ttfb_us, duration_us, queue_us,"
+    " streamed, client_disconnected, created_ms, settled_ms, chain_seq, prev_hash, row_hash)"
+    " VALUES (?26, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?30,"
+    " ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?27, ?28, ?29)";
 
 #define SETTLE_OUTCOME \
     " upstream_request_id = ?8, prompt_tokens = ?9, completion_tokens = ?10," \
     " cached_tokens = ?11, usage_source = ?12, price_version = ?13, cost_nano = ?14," \
-    " reserved_nano = ?15, status = ?16, http_status = ?17, error_type = ?18, ttfb_us = ?19," \
-    " duration_us = ?20, queue_us = ?21, streamed = ?22," \
+    " reserved_nano = ?15, reference_cost_nano = ?30, status = ?16, http_status = ?17," \
+    " error_type = ?18, ttfb_us = ?19, duration_us = ?20, queue_us = ?21, streamed = ?22," \
     " client_disconnected = max(client_disconnected, ?23), settled_ms = ?25," \
     " chain_seq = ?27, prev_hash = ?28, row_hash = ?29 WHERE id = ?26"
 
@@ -36,14 +37,16 @@ static const char settle_ident_sql[] =
     "UPDATE requests SET key_id = ?3, provider = ?4, model_requested = ?5,"
     " model_canonical = ?6, model_upstream = ?7," SETTLE_OUTCOME;
 
+/* The hashed columns, then reference_cost_nano (column TG_CHAIN_NFIELDS). */
 static const char load_sql[] =
-    "SELECT " TG_CHAIN_COLUMNS " FROM requests WHERE id = ?1";
+    "SELECT " TG_CHAIN_COLUMNS ", reference_cost_nano FROM requests WHERE id = ?1";
 
 static const char rollup_sql[] =
     "INSERT INTO bill_daily (day, key_id, provider, model, status, requests, prompt_tokens,"
     " completion_tokens, cost_nano, unpriced, unpriced_prompt_tokens,"
-    " unpriced_completion_tokens, estimated, estimated_cost_nano)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    " unpriced_completion_tokens, estimated, estimated_cost_nano, referenced,"
+    " reference_cost_nano, referenced_cost_nano)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     " ON CONFLICT (day, key_id, provider, model, status) DO UPDATE SET"
     " requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
     " completion_tokens = completion_tokens + excluded.completion_tokens,"
@@ -52,7 +55,10 @@ static const char rollup_sql[] =
     " unpriced_completion_tokens = unpriced_completion_tokens"
     " + excluded.unpriced_completion_tokens,"
     " estimated = estimated + excluded.estimated,"
-    " estimated_cost_nano = estimated_cost_nano + excluded.estimated_cost_nano";
+    " estimated_cost_nano = estimated_cost_nano + excluded.estimated_cost_nano,"
+    " referenced = referenced + excluded.referenced,"
+    " reference_cost_nano = reference_cost_nano + excluded.reference_cost_nano,"
+    " referenced_cost_nano = referenced_cost_nano + excluded.referenced_cost_nano";
 
 static const char save_head_sql[] =
     "INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_seq', ?1), ('chain_head', ?2)";
@@ -176,6 +182,9 @@ static int bind_row(sqlite3_stmt *s, const struct tg_chain_value v[TG_CHAIN_NFIE
     BIND(bind_known(s, 21, e->queue_us));
     BIND(sqlite3_bind_int(s, 23, e->client_disconnected ? 1 : 0));
     BIND(bind_known(s, 25, settled_ms));
+    /* Not in v[]: the reference cost is not hashed (savings are a comparison, not money
+     * charged), like the timings. */
+    BIND(bind_known(s, 30, e->reference_cost_nano));
     if (l->seq > 0) {
         BIND(sqlite3_bind_int64(s, 27, l->seq));
         BIND(sqlite3_bind_text(s, 28, l->prev, TG_CHAIN_HEX_LEN, SQLITE_STATIC));
@@ -205,8 +214,10 @@ static int bind_key_text(sqlite3_stmt *s, int i, const struct tg_chain_value *v)
                                   : sqlite3_bind_text(s, i, "", 0, SQLITE_STATIC);
 }
 
-/* Add a terminal row to its bill_daily bucket. */
-static int rollup(struct tg_ledger_store *st, const struct tg_chain_value v[TG_CHAIN_NFIELDS])
+/* Add a terminal row to its bill_daily bucket. reference is its reference_cost_nano
+ * (negative = none), which is not among the hashed values. */
+static int rollup(struct tg_ledger_store *st, const struct tg_chain_value v[TG_CHAIN_NFIELDS],
+                  int64_t reference)
 {
     sqlite3_stmt *s = st->rollup;
     const struct tg_chain_value *model = v[TG_CF_MODEL_CANONICAL].type == SQLITE_TEXT
@@ -218,6 +229,8 @@ static int rollup(struct tg_ledger_store *st, const struct tg_chain_value v[TG_C
     int64_t completion = known_or_zero(&v[TG_CF_COMPLETION_TOKENS]);
     int64_t cost = known_or_zero(&v[TG_CF_COST_NANO]);
     int64_t created = v[TG_CF_CREATED_MS].type == SQLITE_INTEGER ? v[TG_CF_CREATED_MS].i : 0;
+    /* Savings need both sides: a reference and the row's own known cost. */
+    bool referenced = priced && reference >= 0;
     int rc = SQLITE_OK;
     BIND(sqlite3_bind_int64(s, 1, tg_chain_day(created)));
     BIND(bind_key_text(s, 2, &v[TG_CF_KEY_ID]));
@@ -232,6 +245,9 @@ static int rollup(struct tg_ledger_store *st, const struct tg_chain_value v[TG_C
     BIND(sqlite3_bind_int64(s, 11, priced ? 0 : completion));
     BIND(sqlite3_bind_int(s, 12, estimated ? 1 : 0));
     BIND(sqlite3_bind_int64(s, 13, estimated ? cost : 0));
+    BIND(sqlite3_bind_int(s, 14, referenced ? 1 : 0));
+    BIND(sqlite3_bind_int64(s, 15, referenced ? reference : 0));
+    BIND(sqlite3_bind_int64(s, 16, referenced ? cost : 0));
     if (rc == SQLITE_OK)
         rc = sqlite3_step(s);
     sqlite3_reset(s);   /* every parameter is bound again before the next step */
@@ -304,7 +320,7 @@ static int write_row(struct tg_ledger_store *st, sqlite3_stmt *s, const char *wh
     int result = step_row(st, s, what, v, fatal);
     if (result != TG_OK || !terminal)
         return result;
-    if (rollup(st, v) != TG_OK) {
+    if (rollup(st, v, e->reference_cost_nano) != TG_OK) {
         *fatal = true;   /* the row is written but its bucket is not: never commit that */
         return TG_ERR_IO;
     }
@@ -463,9 +479,10 @@ static int copy_loaded(struct tg_ledger_store *st, sqlite3_stmt *s,
     return TG_OK;
 }
 
-/* Load row id into v. TG_OK, TG_ERR_NOTFOUND, or TG_ERR_IO/NOMEM (*fatal for IO). */
+/* Load row id into v, and its reference_cost_nano into *reference (-1 for NULL) when
+ * reference is not NULL. TG_OK, TG_ERR_NOTFOUND, or TG_ERR_IO/NOMEM (*fatal for IO). */
 static int load_row(struct tg_ledger_store *st, int64_t id,
-                    struct tg_chain_value v[TG_CHAIN_NFIELDS], bool *fatal)
+                    struct tg_chain_value v[TG_CHAIN_NFIELDS], int64_t *reference, bool *fatal)
 {
     sqlite3_stmt *s = st->load;
     int result = TG_ERR_NOTFOUND;
@@ -474,6 +491,9 @@ static int load_row(struct tg_ledger_store *st, int64_t id,
         rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         result = copy_loaded(st, s, v);
+        if (reference)
+            *reference = sqlite3_column_type(s, TG_CHAIN_NFIELDS) == SQLITE_INTEGER
+                             ? sqlite3_column_int64(s, TG_CHAIN_NFIELDS) : -1;
     } else if (rc != SQLITE_DONE) {
         tg_error("ledger: cannot read row %lld: %s", (long long)id, sqlite3_errmsg(st->db));
         *fatal = true;
@@ -504,7 +524,7 @@ int tg_store_settle(struct tg_ledger_store *st, int64_t row_id,
         h->strings = NULL;
         h->id = 0;
     } else {
-        result = load_row(st, row_id, row, fatal);
+        result = load_row(st, row_id, row, NULL, fatal);
     }
     if (result == TG_ERR_NOTFOUND)
         tg_warn("ledger: settle of request %s attempt %d: no row %lld", e->request_id,
@@ -601,7 +621,8 @@ int tg_store_sweep(struct tg_ledger_store *st)
     for (size_t i = 0; result == TG_OK && i < n; i++) {
         struct tg_chain_value v[TG_CHAIN_NFIELDS];
         bool fatal = false;
-        result = load_row(st, ids[i], v, &fatal);
+        int64_t reference = -1;
+        result = load_row(st, ids[i], v, &reference, &fatal);
         if (result != TG_OK)
             break;
         /* Every column keeps its value; only the status and the link change. */
@@ -625,7 +646,7 @@ int tg_store_sweep(struct tg_ledger_store *st)
             result = TG_ERR_IO;
             break;
         }
-        result = rollup(st, v);
+        result = rollup(st, v, reference);
         if (result == TG_OK)
             advance(st, &l, hash);
     }

@@ -43,15 +43,19 @@ static const char rows_rollup_sql[] =
     " coalesce(sum(CASE WHEN cost_nano IS NULL THEN prompt_tokens END), 0),"
     " coalesce(sum(CASE WHEN cost_nano IS NULL THEN completion_tokens END), 0),"
     " sum(usage_source = 'estimated'),"
-    " coalesce(sum(CASE WHEN usage_source = 'estimated' THEN cost_nano END), 0)"
+    " coalesce(sum(CASE WHEN usage_source = 'estimated' THEN cost_nano END), 0),"
+    " sum(reference_cost_nano IS NOT NULL AND cost_nano IS NOT NULL),"
+    " coalesce(sum(CASE WHEN cost_nano IS NOT NULL THEN reference_cost_nano END), 0),"
+    " coalesce(sum(CASE WHEN reference_cost_nano IS NOT NULL THEN cost_nano END), 0)"
     " FROM requests WHERE status <> 'reserved' GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
 
 static const char rollup_sql[] =
     "SELECT day, key_id, provider, model, status, requests, prompt_tokens, completion_tokens,"
     " cost_nano, unpriced, unpriced_prompt_tokens, unpriced_completion_tokens, estimated,"
-    " estimated_cost_nano FROM bill_daily ORDER BY 1, 2, 3, 4, 5";
+    " estimated_cost_nano, referenced, reference_cost_nano, referenced_cost_nano"
+    " FROM bill_daily ORDER BY 1, 2, 3, 4, 5";
 #define ROLLUP_KEYS 5
-#define ROLLUP_COLS 14
+#define ROLLUP_COLS 17
 
 static const char *const fault_names[] = {
     "intact", "altered", "deleted before it", "inserted out of order",

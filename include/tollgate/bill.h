@@ -31,7 +31,20 @@ struct tg_bill_line {
     int64_t unpriced_completion_tokens;  /* (also in completion_tokens) */
     int64_t estimated;            /* rows whose usage is tollgate's estimate */
     int64_t estimated_cost_nano;  /* the known cost of those rows (already in cost_nano) */
+    /* Local inference against the cloud: rows that carry a reference cost (what the same
+     * tokens would have cost at the configured cloud reference) and a known cost of their
+     * own. A row whose own cost is unknown has no savings and is left out of all three. */
+    int64_t referenced;           /* such rows */
+    int64_t reference_cost_nano;  /* exact sum of their reference costs (not in cost_nano) */
+    int64_t referenced_cost_nano; /* exact sum of their own costs (already in cost_nano) */
 };
+
+/* What the referenced rows saved against the cloud reference, in nano-USD: negative when
+ * they cost more than the cloud would have. Never overflows (both sums are >= 0). */
+static inline int64_t tg_bill_savings_nano(const struct tg_bill_line *l)
+{
+    return l->reference_cost_nano - l->referenced_cost_nano;
+}
 
 /* Which rows are billed and how they are grouped. Zero-initialised = everything, grouped
  * by provider and model. */
@@ -102,16 +115,22 @@ char *tg_bill_percent(int64_t part, int64_t whole, char *buf, size_t len);
 char *tg_bill_day_format(int64_t day, char *buf, size_t len);
 
 /* Write b to out.
- * table: aligned columns for people (one per grouping dimension, then the sums), a totals
- *        row, subtotals by key when grouped by key, then the estimated share and the rows
- *        counted apart (unpriced with their tokens, rejected, interrupted, in flight).
- * csv:   RFC 4180 with a header row "kind,<dimensions...>,requests,...". kind is "line",
+ * table: aligned columns for people (one per grouping dimension, then the sums; a
+ *        SAVINGS USD column only when some row has a reference cost), a totals row,
+ *        subtotals by key when grouped by key, then the savings against the cloud
+ *        reference (when some row has one), the estimated share and the rows counted apart
+ *        (unpriced with their tokens, rejected, interrupted, in flight).
+ * csv:   RFC 4180 with a header row "kind,<dimensions...>,requests,...", the savings
+ *        columns last (referenced_requests, reference_cost_usd, reference_cost_nano,
+ *        savings_usd, savings_nano). kind is "line",
  *        "key_subtotal", "total", "unpriced" (requests and tokens), "rejected",
  *        "interrupted" or "reserved" (the last three fill only `requests`).
  * json:  {"currency":"USD","group_by":[...],"lines":[...],"key_subtotals":[...],
  *        "total":{...},"unpriced":{...},"rejected_requests":n,...}; every amount twice:
  *        "cost_usd":"0.000270000" (exact decimal string) and "cost_nano":270000; an empty
- *        group value is null; "estimated_share_percent" is a string or null.
+ *        group value is null; "estimated_share_percent" is a string or null. Lines, key
+ *        subtotals and the total also carry "referenced_requests", "reference_cost_usd",
+ *        "reference_cost_nano", "savings_usd" and "savings_nano" (tg_bill_savings_nano).
  * USD strings carry 9 fractional digits (tg_usd_format). Returns TG_OK, TG_ERR_IO (write
  * failed), TG_ERR_NOMEM or TG_ERR_PARSE (fmt is not a tg_bill_format). */
 int tg_bill_write(const struct tg_bill *b, enum tg_bill_format fmt, FILE *out) TG_WUR;

@@ -22,7 +22,8 @@ typedef int (*tg_export_write_fn)(void *ud, const char *buf, size_t len);
  * Columns, in this order (CSV header / JSON keys): id, request_id, attempt, key_id,
  * provider, model_requested, model_canonical, model_upstream, upstream_request_id,
  * prompt_tokens, completion_tokens, cached_tokens, usage_source, price_version, cost_nano,
- * cost_usd (the same amount as an exact decimal string), reserved_nano, status,
+ * cost_usd (the same amount as an exact decimal string), reserved_nano,
+ * reference_cost_nano (local rows: the cloud reference cost of the same tokens), status,
  * http_status, error_type, ttfb_us, duration_us, queue_us, streamed, client_disconnected,
  * created_ms, settled_ms, chain_seq, prev_hash, row_hash.
  * An unknown value is an empty CSV field / JSON null. CSV is RFC 4180 with CRLF and a

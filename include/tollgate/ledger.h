@@ -47,7 +47,9 @@ struct tg_ledger_entry {
     int64_t cost_nano;                    /* -1 = unknown price: NULL, never 0 */
     int64_t reserved_nano;                /* worst-case hold at reserve; -1 = none */
     int64_t reference_cost_nano;          /* local rows: the same tokens at the cloud
-                                             reference price (savings); -1 = none */
+                                             reference price (savings); -1 = none. A
+                                             comparison, not money charged: stored and
+                                             rolled up, not hashed into the chain */
     enum tg_row_status status;
     int http_status;                      /* status sent to the client; 0 = none yet */
     char error_type[TG_NAME_MAX];         /* OpenAI error type or fault class; "" if none */

@@ -1,6 +1,7 @@
 /* test_bill.c: the bill: exact totals, unknown prices apart, rejected/interrupted apart,
- * filters, the three output formats (parsed back), refusal of non-ledgers, and the
- * `tollgate bill` command's exit codes. Ledgers are written through the real ledger. */
+ * savings against the cloud reference, filters, the three output formats (parsed back),
+ * refusal of non-ledgers, and the `tollgate bill` command's exit codes. Ledgers are written
+ * through the real ledger. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -78,7 +79,8 @@ struct row {
     int64_t prompt, completion, cost, created_ms;
 };
 
-static void add(struct tg_ledger *lg, const struct row *r)
+/* r, with reference_cost_nano = reference (-1 = none). */
+static void add_ref(struct tg_ledger *lg, const struct row *r, int64_t reference)
 {
     static int n;
     struct tg_ledger_entry e;
@@ -94,8 +96,14 @@ static void add(struct tg_ledger *lg, const struct row *r)
     e.prompt_tokens = r->prompt;
     e.completion_tokens = r->completion;
     e.cost_nano = r->cost;
+    e.reference_cost_nano = reference;
     e.created_ms = r->created_ms ? r->created_ms : 1767225600000;
     assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
+}
+
+static void add(struct tg_ledger *lg, const struct row *r)
+{
+    add_ref(lg, r, -1);
 }
 
 #define GPT "openai/gpt-oss-120b"
@@ -293,7 +301,8 @@ static void test_sums_and_format(void **state)
     assert_non_null(strstr(csv, "line,p,m2,10000,10000,10000,0.000010000,10000,"));
     assert_non_null(strstr(csv, ",1234567890.123456789,1234567890123456789,"));
     assert_non_null(strstr(csv, "total,,,10003,10003,10003,1234567890.423466789,"
-                                "1234567890423466789,0,0,0.000000000,0,0,0,0.0000\r\n"));
+                                "1234567890423466789,0,0,0.000000000,0,0,0,0.0000,"
+                                "0,0.000000000,0,0.000000000,0\r\n"));
     free(csv);
     tg_bill_free(b);
 }
@@ -351,8 +360,8 @@ static void test_overflow_and_foreign_values(void **state)
 
 /* ---- output formats -------------------------------------------------------------------- */
 
-/* RFC 4180 reader: fields[row][col], at most 16 x 16. Returns the number of rows. */
-#define CSV_MAX 16
+/* RFC 4180 reader: fields[row][col], at most 24 x 24. Returns the number of rows. */
+#define CSV_MAX 24
 static int csv_parse(const char *s, char fields[CSV_MAX][CSV_MAX][128], int ncols[CSV_MAX])
 {
     int row = 0, col = 0;
@@ -410,9 +419,16 @@ static void test_csv(void **state)
     /* header, lines, total, unpriced, three apart */
     assert_int_equal(rows, 1 + 3 + 1 + 1 + 3);
     for (int r = 0; r < rows; r++)
-        assert_int_equal(ncols[r], 15);
+        assert_int_equal(ncols[r], 20);
     assert_string_equal(fields[0][12], "unpriced_prompt_tokens");
     assert_string_equal(fields[0][14], "estimated_share_percent");
+    const char *savings_heads[] = {"referenced_requests", "reference_cost_usd",
+                                   "reference_cost_nano", "savings_usd", "savings_nano"};
+    for (int i = 0; i < 5; i++)
+        assert_string_equal(fields[0][15 + i], savings_heads[i]);
+    assert_string_equal(fields[4][18], "0.000000000");   /* no reference: no savings */
+    assert_string_equal(fields[4][19], "0");
+    assert_string_equal(fields[5][19], "");              /* counted apart: empty */
     assert_string_equal(fields[0][0], "kind");
     assert_string_equal(fields[0][6], "cost_usd");
     assert_string_equal(fields[0][7], "cost_nano");
@@ -482,6 +498,12 @@ static void test_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(root, "reserved_requests")), 1);
     assert_string_equal(json_string_value(json_object_get(t, "estimated_share_percent")),
                         "46.5116");
+    assert_int_equal(json_integer_value(json_object_get(t, "referenced_requests")), 0);
+    assert_string_equal(json_string_value(json_object_get(t, "savings_usd")), "0.000000000");
+    assert_true(json_is_integer(json_object_get(t, "savings_nano")));
+    assert_true(json_is_integer(json_object_get(l, "reference_cost_nano")));
+    assert_string_equal(json_string_value(json_object_get(l, "reference_cost_usd")),
+                        "0.000000000");
     json_t *u = json_object_get(root, "unpriced");
     assert_int_equal(json_integer_value(json_object_get(u, "requests")), 1);
     assert_int_equal(json_integer_value(json_object_get(u, "prompt_tokens")), 7);
@@ -528,6 +550,9 @@ static void test_table(void **state)
     assert_non_null(strstr(t, "Rejected before any upstream attempt (not billed): 2\n"));
     assert_non_null(strstr(t, "Interrupted by a crash (to reconcile, not billed): 1\n"));
     assert_non_null(strstr(t, "In flight (reserved, not yet settled): 1\n"));
+    /* no row has a reference: no savings column, no savings line */
+    assert_null(strstr(t, "SAVINGS"));
+    assert_null(strstr(t, "Savings"));
     free(t);
     tg_bill_free(b);
 
@@ -740,7 +765,8 @@ static void test_rounding_is_per_row(void **state)
     char *csv = tg_bill_render(b, TG_BILL_CSV);
     /* 150000750 / 150000753 = 99.999998...% -> 100.0000 */
     assert_non_null(strstr(csv, "\r\ntotal,,,5,1000337,1,0.150000753,150000753,0,2,"
-                                "0.150000750,150000750,0,0,100.0000\r\n"));
+                                "0.150000750,150000750,0,0,100.0000,0,0.000000000,0,"
+                                "0.000000000,0\r\n"));
     free(csv);
     tg_bill_free(b);
 }
@@ -767,7 +793,8 @@ static void test_rollup_equals_rows(void **state)
                         /* days 0..9, never in the last millisecond before day 3 */
                         day0 + (int64_t)((x >> 24) % 10) * 86400000 +
                             (int64_t)((x >> 30) % 86399000)};
-        add(lg, &r);
+        /* a third carry a reference (some of them unpriced) */
+        add_ref(lg, &r, (x >> 40) % 3 == 0 ? (int64_t)((x >> 17) % 70000) : -1);
     }
     tg_ledger_close(lg);
     const enum tg_bill_dim dims[][4] = {
@@ -859,7 +886,8 @@ static void test_export(void **state)
         json_t *o = json_loads(line, 0, &jerr);
         if (!o)
             fail_msg("line %d: %s: %s", n, jerr.text, line);
-        assert_int_equal(json_object_size(o), 30);
+        assert_int_equal(json_object_size(o), 31);
+        assert_true(json_is_null(json_object_get(o, "reference_cost_nano")));
         int64_t id = json_integer_value(json_object_get(o, "id"));
         assert_true(id > last_id);
         last_id = id;
@@ -883,13 +911,14 @@ static void test_export(void **state)
     }
     assert_int_equal(n, 11);   /* 9 sample rows + interrupted + reserved */
 
-    /* CSV: header + 11 rows of 31 fields; the odd model id survives quoting. */
+    /* CSV: header + 11 rows of 32 fields; the odd model id survives quoting. */
     static char fields[CSV_MAX][CSV_MAX][128];
     int ncols[CSV_MAX];
     (void)fields;
     (void)ncols;
     assert_true(strncmp(csv.buf, "id,request_id,attempt,key_id,provider,", 38) == 0);
-    assert_non_null(strstr(csv.buf, ",cost_nano,cost_usd,reserved_nano,"));
+    assert_non_null(strstr(csv.buf, ",cost_nano,cost_usd,reserved_nano,reference_cost_nano,"
+                                    "status,"));
     assert_non_null(strstr(csv.buf, ",\"acme/\"\"big\"\",\nmodel\","));
     int rows = 0, in_quotes = 0;
     for (const char *p = csv.buf; *p; p++) {
@@ -899,8 +928,8 @@ static void test_export(void **state)
             rows++;
     }
     assert_int_equal(rows, 12);
-    /* the unpriced row: cost_nano and cost_usd empty */
-    assert_non_null(strstr(csv.buf, ",reported,,,,,billed,"));
+    /* the unpriced row: cost_nano and cost_usd empty (and reserved_nano, reference) */
+    assert_non_null(strstr(csv.buf, ",reported,,,,,,billed,"));
 
     /* Filters: key and time, as for the bill. */
     struct sink k2 = {0};
@@ -935,6 +964,178 @@ static void test_export(void **state)
     free(k2.buf);
     free(none.buf);
     free(stop.buf);
+}
+
+/* ---- savings against the cloud reference ------------------------------------------------ */
+
+#define SMOL "smolvlm2"
+#define DAY0 INT64_C(1767225600000)   /* 2026-01-01 */
+
+/* Local rows with a cloud reference (free, one dearer than the cloud, one unpriced, one
+ * rejected, one on the next day), and a cloud row without one. */
+static const struct { struct row r; int64_t reference; } local_sample[] = {
+    {{"local", "", SMOL, "k1", TG_ROW_BILLED, TG_USAGE_REPORTED, 100, 20, 0, 0}, 270000},
+    {{"local", "", SMOL, "k1", TG_ROW_BILLED, TG_USAGE_REPORTED, 9, 9, 0, DAY0 + 5000},
+     1234567891},
+    {{"local", "", SMOL, "k2", TG_ROW_FAILED, TG_USAGE_REPORTED, 1, 1, 5, DAY0 + 6000}, 3},
+    {{"local", "", SMOL, "k2", TG_ROW_BILLED, TG_USAGE_REPORTED, 1, 1, -1, 0}, 999},
+    {{"local", "", SMOL, "k2", TG_ROW_REJECTED, TG_USAGE_UNKNOWN, -1, -1, 0, 0}, 50},
+    {{"local", "", SMOL, "k1", TG_ROW_BILLED, TG_USAGE_REPORTED, 1, 1, 0,
+      DAY0 + 86400000 + 5}, 100},
+    {{"groq", GPT, GPT, "k1", TG_ROW_BILLED, TG_USAGE_REPORTED, 10, 10, 150000, 0}, -1},
+};
+/* referenced: the billed/failed rows with a reference and a known cost */
+#define LOCAL_REFERENCED 4
+#define LOCAL_REFERENCE (270000 + INT64_C(1234567891) + 3 + 100)
+#define LOCAL_REFERENCED_COST 5
+#define LOCAL_SAVINGS (LOCAL_REFERENCE - LOCAL_REFERENCED_COST)
+
+static void write_local_sample(const char *path)
+{
+    struct tg_ledger *lg = open_ledger(path);
+    for (size_t i = 0; i < sizeof local_sample / sizeof local_sample[0]; i++)
+        add_ref(lg, &local_sample[i].r, local_sample[i].reference);
+    tg_ledger_close(lg);
+}
+
+static void test_savings(void **state)
+{
+    struct fixture *f = *state;
+    write_local_sample(f->path);
+    struct tg_bill *b = load_ok(f->path, NULL);
+    assert_true(b->from_rollup);
+    assert_int_equal(b->nlines, 2);
+    const struct tg_bill_line *cloud = &b->lines[0], *local = &b->lines[1];
+    assert_string_equal(cloud->provider, "groq");
+    assert_int_equal(cloud->referenced, 0);
+    assert_int_equal(cloud->reference_cost_nano, 0);
+    assert_int_equal(tg_bill_savings_nano(cloud), 0);
+    assert_string_equal(local->provider, "local");
+    assert_string_equal(local->model, SMOL);
+    assert_int_equal(local->requests, 5);   /* the unpriced row too, but not in savings */
+    assert_int_equal(local->unpriced, 1);
+    assert_int_equal(local->referenced, LOCAL_REFERENCED);
+    assert_int_equal(local->reference_cost_nano, LOCAL_REFERENCE);
+    assert_int_equal(local->referenced_cost_nano, LOCAL_REFERENCED_COST);
+    assert_int_equal(local->cost_nano, 5);
+    assert_int_equal(tg_bill_savings_nano(local), LOCAL_SAVINGS);
+    assert_int_equal(b->total.referenced, LOCAL_REFERENCED);
+    assert_int_equal(b->total.reference_cost_nano, LOCAL_REFERENCE);
+    assert_int_equal(b->total.referenced_cost_nano, LOCAL_REFERENCED_COST);
+    assert_int_equal(tg_bill_savings_nano(&b->total), INT64_C(1234837989));
+    assert_int_equal(b->total.cost_nano, 150005);   /* the reference is never charged */
+    assert_int_equal(b->rejected, 1);
+
+    /* table: a SAVINGS USD column ("-" where no row has a reference) and the savings line */
+    char *t = tg_bill_render(b, TG_BILL_TABLE);
+    assert_non_null(t);
+    char *save = NULL, *copy = strdup(t);
+    size_t width = 0;
+    int n = 0;
+    for (char *line = strtok_r(copy, "\n", &save); line && n < 6;
+         line = strtok_r(NULL, "\n", &save), n++) {
+        if (n == 0)
+            width = strlen(line);
+        else if (strlen(line) != width)
+            fail_msg("table line %d has width %zu, not %zu:\n%s", n, strlen(line), width, t);
+    }
+    free(copy);
+    assert_non_null(strstr(t, "  SAVINGS USD\n"));
+    assert_non_null(strstr(t, "  0.000000000            -\n"));   /* groq: nothing to compare */
+    assert_non_null(strstr(t, "  0.000000000  1.234837989\n"));  /* local, and the total */
+    assert_non_null(strstr(t, "Savings vs cloud reference: 1.234837989 USD (4 local requests"
+                              " would have cost 1.234837994 USD in the cloud; they cost"
+                              " 0.000000005 USD)\n"));
+    free(t);
+
+    /* CSV and JSON: the same exact figures, both as USD strings and nano-USD */
+    char *csv = tg_bill_render(b, TG_BILL_CSV);
+    assert_non_null(strstr(csv, ",referenced_requests,reference_cost_usd,reference_cost_nano,"
+                                "savings_usd,savings_nano\r\n"));
+    assert_non_null(strstr(csv, "\r\nline,groq," GPT ",1,10,10,0.000150000,150000,0,0,"
+                                "0.000000000,0,0,0,0.0000,0,0.000000000,0,0.000000000,0\r\n"));
+    assert_non_null(strstr(csv, "\r\nline,local," SMOL ",5,112,32,0.000000005,5,1,0,"
+                                "0.000000000,0,1,1,0.0000,4,1.234837994,1234837994,"
+                                "1.234837989,1234837989\r\n"));
+    assert_non_null(strstr(csv, ",4,1.234837994,1234837994,1.234837989,1234837989\r\n"
+                                "unpriced,"));   /* the total row */
+    free(csv);
+    char *j = tg_bill_render(b, TG_BILL_JSON);
+    json_t *root = json_loads(j, 0, NULL);
+    assert_non_null(root);
+    json_t *jt = json_object_get(root, "total");
+    assert_int_equal(json_integer_value(json_object_get(jt, "referenced_requests")), 4);
+    assert_int_equal(json_integer_value(json_object_get(jt, "reference_cost_nano")),
+                     LOCAL_REFERENCE);
+    assert_string_equal(json_string_value(json_object_get(jt, "reference_cost_usd")),
+                        "1.234837994");
+    assert_int_equal(json_integer_value(json_object_get(jt, "savings_nano")), LOCAL_SAVINGS);
+    assert_string_equal(json_string_value(json_object_get(jt, "savings_usd")), "1.234837989");
+    json_t *jl = json_array_get(json_object_get(root, "lines"), 1);
+    assert_int_equal(json_integer_value(json_object_get(jl, "savings_nano")), LOCAL_SAVINGS);
+    jl = json_array_get(json_object_get(root, "lines"), 0);
+    assert_int_equal(json_integer_value(json_object_get(jl, "savings_nano")), 0);
+    assert_int_equal(json_integer_value(json_object_get(jl, "referenced_requests")), 0);
+    json_decref(root);
+    free(j);
+    tg_bill_free(b);
+
+    /* by key: the subtotals carry the savings and add up to the total; a negative saving
+     * (k2: cost 5, reference 3) stays negative */
+    struct tg_bill_filter flt = {.nby = 1, .by = {TG_BILL_BY_KEY}};
+    b = load_ok(f->path, &flt);
+    assert_int_equal(b->nkeys, 2);
+    assert_int_equal(tg_bill_savings_nano(&b->keys[0]), 270000 + INT64_C(1234567891) + 100);
+    assert_int_equal(tg_bill_savings_nano(&b->keys[1]), -2);
+    assert_int_equal(tg_bill_savings_nano(&b->keys[0]) + tg_bill_savings_nano(&b->keys[1]),
+                     tg_bill_savings_nano(&b->total));
+    csv = tg_bill_render(b, TG_BILL_CSV);
+    assert_non_null(strstr(csv, "\r\nkey_subtotal,k2,2,2,2,0.000000005,5,1,0,0.000000000,0,"
+                                "1,1,0.0000,1,0.000000003,3,-0.000000002,-2\r\n"));
+    free(csv);
+    t = tg_bill_render(b, TG_BILL_TABLE);
+    assert_non_null(strstr(t, "  -0.000000002\n"));
+    free(t);
+    tg_bill_free(b);
+
+    /* The rollup and the rows agree, whole days or not. */
+    const int64_t bounds[][2] = {
+        {0, 0}, {DAY0, DAY0 + 86400000}, {DAY0 + 5000, 0}, {0, DAY0 + 86400000 + 6},
+        {DAY0 + 1, DAY0 + 2 * 86400000},
+    };
+    for (size_t w = 0; w < sizeof bounds / sizeof bounds[0]; w++) {
+        struct tg_bill_filter a = {.since_ms = bounds[w][0], .until_ms = bounds[w][1],
+                                   .nby = 2, .by = {TG_BILL_BY_DAY, TG_BILL_BY_KEY}};
+        struct tg_bill *x = load_ok(f->path, &a);
+        tg_bill_test_force_rows(true);
+        struct tg_bill *y = load_ok(f->path, &a);
+        tg_bill_test_force_rows(false);
+        assert_int_equal(x->total.referenced, y->total.referenced);
+        assert_int_equal(x->total.reference_cost_nano, y->total.reference_cost_nano);
+        assert_int_equal(x->total.referenced_cost_nano, y->total.referenced_cost_nano);
+        char *tx = tg_bill_render(x, TG_BILL_CSV), *ty = tg_bill_render(y, TG_BILL_CSV);
+        if (strcmp(tx, ty) != 0)
+            fail_msg("bounds %zu:\n%s\n---\n%s", w, tx, ty);
+        free(tx);
+        free(ty);
+        tg_bill_free(x);
+        tg_bill_free(y);
+    }
+    b = load_ok(f->path, &(struct tg_bill_filter){.since_ms = DAY0 + 5000,
+                                                  .until_ms = DAY0 + 86400000});
+    assert_int_equal(b->total.referenced, 2);   /* the 2nd and 3rd rows */
+    assert_int_equal(tg_bill_savings_nano(&b->total), INT64_C(1234567891) + 3 - 5);
+    tg_bill_free(b);
+
+    /* The export carries the column, NULL as null. */
+    struct sink out = {0};
+    char err[256];
+    assert_int_equal(tg_ledger_export(f->path, NULL, TG_EXPORT_JSONL, sink_write, &out, err,
+                                      sizeof err), TG_OK);
+    assert_non_null(strstr(out.buf, "\"reserved_nano\":null,\"reference_cost_nano\":"
+                                    "1234567891,\"status\":\"billed\""));
+    assert_non_null(strstr(out.buf, "\"reference_cost_nano\":null,\"status\":\"billed\""));
+    free(out.buf);
 }
 
 /* Large rows and many of them: output arrives in bounded pieces of whole rows. */
@@ -1169,6 +1370,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rounding_is_per_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollup_equals_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_savings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_streams, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_ledger, setup, teardown),

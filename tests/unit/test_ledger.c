@@ -140,6 +140,7 @@ static void test_entry_init_and_names(void **state)
     assert_int_equal(e.cached_tokens, -1);
     assert_int_equal(e.cost_nano, -1);
     assert_int_equal(e.reserved_nano, -1);
+    assert_int_equal(e.reference_cost_nano, -1);
     assert_int_equal(e.ttfb_us, -1);
     assert_int_equal(e.duration_us, -1);
     assert_int_equal(e.queue_us, -1);
@@ -173,10 +174,20 @@ static void test_schema(void **state)
     assert_string_equal(q_text(db, "PRAGMA journal_mode", buf, sizeof buf), "wal");
     assert_string_equal(q_text(db, "SELECT value FROM meta WHERE key='schema_version'",
                                buf, sizeof buf), "1");
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests')"), 29);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests')"), 30);
     assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests') WHERE"
                                " name IN ('chain_seq', 'prev_hash', 'row_hash')"), 3);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('bill_daily')"), 14);
+    /* the savings reference sits beside the other amounts, nullable */
+    assert_int_equal(q_int(db, "SELECT cid FROM pragma_table_info('requests')"
+                               " WHERE name='reference_cost_nano'"),
+                     q_int(db, "SELECT cid + 1 FROM pragma_table_info('requests')"
+                               " WHERE name='reserved_nano'"));
+    assert_int_equal(q_int(db, "SELECT \"notnull\" FROM pragma_table_info('requests')"
+                               " WHERE name='reference_cost_nano'"), 0);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('bill_daily')"), 17);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('bill_daily') WHERE"
+                               " name IN ('referenced', 'reference_cost_nano',"
+                               " 'referenced_cost_nano') AND \"notnull\" = 1"), 3);
     assert_int_equal(q_int(db, "SELECT \"notnull\" FROM pragma_table_info('requests')"
                                " WHERE name='usage_source'"), 1);
     assert_int_equal(q_int(db, "SELECT \"notnull\" FROM pragma_table_info('requests')"
@@ -232,6 +243,9 @@ static void test_reserve_then_settle(void **state)
     snprintf(sql, sizeof sql, "SELECT settled_ms FROM requests WHERE id=%lld",
              (long long)a1.row_id);
     assert_true(q_int(db, sql) == INT64_MIN);
+    snprintf(sql, sizeof sql, "SELECT reference_cost_nano FROM requests WHERE id=%lld",
+             (long long)a1.row_id);
+    assert_true(q_int(db, sql) == INT64_MIN);   /* -1 at reserve: NULL */
 
     /* Settle with the final values; identity fields left empty keep their reserved value. */
     struct tg_ledger_entry s;
@@ -245,6 +259,7 @@ static void test_reserve_then_settle(void **state)
     s.cached_tokens = 0;
     s.cost_nano = 13500;
     s.reserved_nano = 90000;
+    s.reference_cost_nano = 27000;
     s.http_status = 200;
     s.ttfb_us = 1500;
     s.duration_us = 9000;
@@ -275,6 +290,9 @@ static void test_reserve_then_settle(void **state)
     snprintf(sql, sizeof sql, "SELECT error_type IS NULL AND settled_ms >= created_ms"
              " FROM requests WHERE id=%lld", (long long)a1.row_id);
     assert_int_equal(q_int(db, sql), 1);
+    snprintf(sql, sizeof sql, "SELECT reference_cost_nano FROM requests WHERE id=%lld",
+             (long long)a1.row_id);
+    assert_int_equal(q_int(db, sql), 27000);   /* written by the settlement */
     sqlite3_close(db);
     tg_ledger_close(lg);
 }
@@ -296,7 +314,8 @@ static void test_unknowns_are_null(void **state)
     const char *nullable[] = {"key_id", "provider", "model_requested", "model_canonical",
                               "model_upstream", "upstream_request_id", "prompt_tokens",
                               "completion_tokens", "cached_tokens", "price_version",
-                              "cost_nano", "reserved_nano", "http_status", "error_type",
+                              "cost_nano", "reserved_nano", "reference_cost_nano",
+                              "http_status", "error_type",
                               "ttfb_us", "duration_us", "queue_us"};
     char sql[256], buf[64];
     for (size_t i = 0; i < sizeof nullable / sizeof nullable[0]; i++) {
@@ -1044,13 +1063,14 @@ static int64_t forge_row(const char *path, int64_t from, int64_t prev_seq, int64
 {
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char sql[512];
+    char sql[768];
     snprintf(sql, sizeof sql, "INSERT INTO requests SELECT NULL, '%s', attempt, key_id,"
              " provider, model_requested, model_canonical, model_upstream,"
              " upstream_request_id, prompt_tokens, completion_tokens, cached_tokens,"
-             " usage_source, price_version, cost_nano, reserved_nano, status, http_status,"
-             " error_type, ttfb_us, duration_us, queue_us, streamed, client_disconnected,"
-             " created_ms, settled_ms, NULL, NULL, NULL FROM requests WHERE id = %lld",
+             " usage_source, price_version, cost_nano, reserved_nano, reference_cost_nano,"
+             " status, http_status, error_type, ttfb_us, duration_us, queue_us, streamed,"
+             " client_disconnected, created_ms, settled_ms, NULL, NULL, NULL FROM requests"
+             " WHERE id = %lld",
              request_id, (long long)from);
     assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
     int64_t id = sqlite3_last_insert_rowid(db);
@@ -1269,6 +1289,121 @@ static void test_sweep_is_chained(void **state)
     sqlite3_close(db);
 }
 
+/* A local row's cloud reference cost: stored (NULL when unknown), written by insert, settle
+ * and kept by the sweep, rolled up with the row's own cost only when both are known, and
+ * left out of the hash chain (an edit of it breaks the rollup, never the chain). */
+static void test_reference_cost(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    struct ack free_row = {0}, dear = {0}, unpriced = {0}, cloud = {0}, neg = {0}, r1 = {0},
+               s1 = {0}, crash = {0};
+    /* free locally, 5000 at the reference: saves 5000 */
+    entry(&e, "ref-free");
+    snprintf(e.provider, sizeof e.provider, "local");
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 0;
+    e.reference_cost_nano = 5000;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &free_row), TG_OK);
+    /* dearer locally than in the cloud: -200 */
+    entry(&e, "ref-dear");
+    snprintf(e.provider, sizeof e.provider, "local");
+    e.status = TG_ROW_FAILED;
+    e.cost_nano = 1200;
+    e.reference_cost_nano = 1000;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &dear), TG_OK);
+    /* own cost unknown: the reference is stored but states no savings */
+    entry(&e, "ref-unpriced");
+    snprintf(e.provider, sizeof e.provider, "local");
+    e.status = TG_ROW_BILLED;
+    e.reference_cost_nano = 777;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &unpriced), TG_OK);
+    /* a cloud row: no reference */
+    entry(&e, "ref-cloud");
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 31;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &cloud), TG_OK);
+    /* any negative is unknown */
+    entry(&e, "ref-neg");
+    snprintf(e.provider, sizeof e.provider, "local");
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 0;
+    e.reference_cost_nano = -5;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &neg), TG_OK);
+    /* reserved with one value, settled with another: the settlement's counts */
+    entry(&e, "ref-settled");
+    snprintf(e.provider, sizeof e.provider, "local");
+    e.reference_cost_nano = 1;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &r1), TG_OK);
+    tg_ledger_flush(lg);
+    entry(&e, "ref-settled");
+    e.provider[0] = '\0';   /* kept: local */
+    e.status = TG_ROW_BILLED;
+    e.cost_nano = 40;
+    e.reference_cost_nano = 4444;
+    assert_int_equal(tg_ledger_settle(lg, r1.row_id, &e, record_ack, &s1), TG_OK);
+    /* left reserved by a "crash": the sweep keeps its reference and rolls it up */
+    entry(&e, "ref-crash");
+    snprintf(e.provider, sizeof e.provider, "local");
+    e.cost_nano = 0;
+    e.reference_cost_nano = 123;
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &crash), TG_OK);
+    tg_ledger_close(lg);
+    assert_int_equal(s1.st, TG_OK);
+    lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 1);
+    tg_ledger_close(lg);
+    assert_intact(f->path, 7);
+
+    sqlite3 *db = reader(f->path);
+    char sql[256];
+    const struct { int64_t id, want; } stored[] = {
+        {free_row.row_id, 5000}, {dear.row_id, 1000}, {unpriced.row_id, 777},
+        {cloud.row_id, INT64_MIN}, {neg.row_id, INT64_MIN}, {r1.row_id, 4444},
+        {crash.row_id, 123},
+    };
+    for (size_t i = 0; i < sizeof stored / sizeof stored[0]; i++) {
+        snprintf(sql, sizeof sql, "SELECT reference_cost_nano FROM requests WHERE id = %lld",
+                 (long long)stored[i].id);
+        if (q_int(db, sql) != stored[i].want)
+            fail_msg("row %zu: reference_cost_nano %lld, want %lld", i,
+                     (long long)q_int(db, sql), (long long)stored[i].want);
+    }
+    /* billed + failed of provider local: the free, dear and settled rows have both sides */
+    assert_int_equal(q_int(db, "SELECT sum(referenced) FROM bill_daily WHERE provider ="
+                               " 'local' AND status IN ('billed', 'failed')"), 3);
+    assert_int_equal(q_int(db, "SELECT sum(reference_cost_nano) FROM bill_daily WHERE"
+                               " provider = 'local' AND status IN ('billed', 'failed')"),
+                     5000 + 1000 + 4444);
+    assert_int_equal(q_int(db, "SELECT sum(referenced_cost_nano) FROM bill_daily WHERE"
+                               " provider = 'local' AND status IN ('billed', 'failed')"),
+                     0 + 1200 + 40);
+    char buf[64];
+    assert_string_equal(q_text(db, "SELECT referenced || ',' || reference_cost_nano || ',' ||"
+                                   " referenced_cost_nano FROM bill_daily WHERE provider ="
+                                   " 'groq'", buf, sizeof buf), "0,0,0");
+    assert_string_equal(q_text(db, "SELECT referenced || ',' || reference_cost_nano || ',' ||"
+                                   " referenced_cost_nano FROM bill_daily WHERE status ="
+                                   " 'interrupted'", buf, sizeof buf), "1,123,0");
+    sqlite3_close(db);
+
+    /* Not hashed: changing the reference of a row that states no savings leaves the ledger
+     * intact; changing it on a row that does breaks the rollup, still not the chain. */
+    snprintf(sql, sizeof sql, "UPDATE requests SET reference_cost_nano = 1 WHERE id = %lld",
+             (long long)unpriced.row_id);
+    exec_sql(f->path, sql);
+    assert_intact(f->path, 7);
+    snprintf(sql, sizeof sql, "UPDATE requests SET reference_cost_nano = 5001 WHERE id = %lld",
+             (long long)free_row.row_id);
+    exec_sql(f->path, sql);
+    struct tg_ledger_verify_report r;
+    verify_ok(f->path, &r);
+    assert_int_equal(r.fault, TG_LEDGER_ROLLUP);
+    assert_int_equal(r.chained_rows, 7);
+    assert_non_null(strstr(r.detail, "differs from the sum of its rows"));
+}
+
 /* One operation that breaks a constraint fails alone; the chain skips it. */
 static void test_failed_op_keeps_chain(void **state)
 {
@@ -1442,6 +1577,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resettle_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_disconnected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sweep_is_chained, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reference_cost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
     };
