@@ -177,6 +177,7 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 8192L);   /* SSE events are small; idle streams add up */
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->pc->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, r->stream ? c->pc->stream_timeout_ms
                                                       : c->pc->timeout_ms);

@@ -186,7 +186,7 @@ static void stream_free(void *cls) { tg_request_unref(cls); }
 static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_request *r)
 {
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, r, stream_free);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4 * 1024, stream_reader, r, stream_free);
     if (!resp)
         return MHD_NO;
     tg_request_ref(r);   /* the response's reference, dropped by stream_free */
@@ -441,6 +441,8 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+        /* per-connection pool: headers and small bodies; a stream costs this times 5,000 */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
         MHD_OPTION_END);
     freeaddrinfo(ai);
