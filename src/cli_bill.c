@@ -1,5 +1,6 @@
 /* cli_bill.c: `tollgate bill`: argument parsing and exit codes around bill.c. It only reads
  * the ledger; it must never create or modify one. */
+#include "cli_util.h"
 #include "tollgate/cli.h"
 
 #include <stdbool.h>
@@ -50,26 +51,6 @@ static int usage_error(const char *what, const char *arg)
     return 2;
 }
 
-/* "--name VALUE" or "--name=VALUE". Returns the value (borrowed from argv), advancing *i
- * past a separate value; NULL if arg is not this option. *missing is set when it is but has
- * no value. */
-static const char *option_value(int argc, char **argv, int *i, const char *name,
-                                bool *missing)
-{
-    size_t n = strlen(name);
-    const char *arg = argv[*i];
-    if (strncmp(arg, name, n) != 0)
-        return NULL;
-    if (arg[n] == '=')
-        return arg + n + 1;
-    if (arg[n] != '\0')
-        return NULL;
-    if (*i + 1 >= argc) {
-        *missing = true;
-        return NULL;
-    }
-    return argv[++*i];
-}
 
 /* One of --from/--to/--by/--key (names[], "--x" spelling), applied to f. Returns false if
  * arg is none of them; else true with *msg NULL, or a usage message for a bad value. */
@@ -79,7 +60,7 @@ static bool filter_option(int argc, char **argv, int *i, const char *const names
 {
     *msg = NULL;
     for (int n = 0; n < 4; n++) {
-        const char *v = option_value(argc, argv, i, names[n], missing);
+        const char *v = tg_cli_option_value(argc, argv, i, names[n], missing);
         if (*missing)
             return true;
         if (!v)
@@ -116,11 +97,11 @@ int tg_cli_bill(int argc, char **argv)
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;
-        } else if ((v = option_value(argc, argv, &i, "--ledger", &missing))) {
+        } else if ((v = tg_cli_option_value(argc, argv, &i, "--ledger", &missing))) {
             if (!v[0])
                 return usage_error("--ledger needs a file path", NULL);
             path = v;
-        } else if ((v = option_value(argc, argv, &i, "--format", &missing))) {
+        } else if ((v = tg_cli_option_value(argc, argv, &i, "--format", &missing))) {
             enum tg_bill_format f;
             if (tg_bill_format_parse(v, &f) != TG_OK)
                 return usage_error("--format must be table, csv or json, not", v);

@@ -1,6 +1,7 @@
 /* cli_ledger.c: `tollgate ledger verify|export`: argument parsing, output and exit codes
  * around ledger_verify.c and export.c. It only reads the ledger; it must never create or
  * modify one. */
+#include "cli_util.h"
 #include "tollgate/cli.h"
 
 #include <jansson.h>
@@ -43,24 +44,6 @@ static int usage_error(const char *what, const char *arg)
     return 2;
 }
 
-/* "--name VALUE" or "--name=VALUE" (see cli_bill.c). */
-static const char *option_value(int argc, char **argv, int *i, const char *name,
-                                bool *missing)
-{
-    size_t n = strlen(name);
-    const char *arg = argv[*i];
-    if (strncmp(arg, name, n) != 0)
-        return NULL;
-    if (arg[n] == '=')
-        return arg + n + 1;
-    if (arg[n] != '\0')
-        return NULL;
-    if (*i + 1 >= argc) {
-        *missing = true;
-        return NULL;
-    }
-    return argv[++*i];
-}
 
 static void print_verdict_text(const char *path, const struct tg_ledger_verify_report *r)
 {
@@ -122,7 +105,7 @@ static int verify(int argc, char **argv)
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;
-        } else if ((v = option_value(argc, argv, &i, "--ledger", &missing))) {
+        } else if ((v = tg_cli_option_value(argc, argv, &i, "--ledger", &missing))) {
             if (!v[0])
                 return usage_error("--ledger needs a file path", NULL);
             path = v;
@@ -170,19 +153,19 @@ static int export_rows(int argc, char **argv)
             fputs(usage_text, stdout);
             return 0;
         }
-        if ((v = option_value(argc, argv, &i, "--ledger", &missing))) {
+        if ((v = tg_cli_option_value(argc, argv, &i, "--ledger", &missing))) {
             if (!v[0])
                 return usage_error("--ledger needs a file path", NULL);
             path = v;
             continue;
         }
-        if ((v = option_value(argc, argv, &i, "--format", &missing))) {
+        if ((v = tg_cli_option_value(argc, argv, &i, "--format", &missing))) {
             if (tg_export_format_parse(v, &fmt) != TG_OK)
                 return usage_error("--format must be csv or jsonl, not", v);
             continue;
         }
         for (int n = 0; n < 3 && !matched && !missing; n++) {
-            if ((v = option_value(argc, argv, &i, filter_opts[n], &missing))) {
+            if ((v = tg_cli_option_value(argc, argv, &i, filter_opts[n], &missing))) {
                 char why[256];
                 if (tg_bill_filter_set(&f, filter_opts[n] + 2, v, why, sizeof why) != TG_OK)
                     return usage_error(why, NULL);
