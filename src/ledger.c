@@ -52,6 +52,13 @@ struct tg_ledger {
     uint64_t commits;
     bool closing;
     bool paused;
+
+    /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
+     * writer's commits never stall behind a checkpoint's fsync. */
+    sqlite3 *ckpt_db;
+    pthread_t checkpointer;
+    bool ckpt_started;
+    pthread_cond_t ckpt_cv;        /* with mu: closing */
 };
 
 /* The ledger whose writer runs on this thread (NULL elsewhere): an ack callback may queue
@@ -204,8 +211,34 @@ static void *writer_main(void *arg)
 
 /* ---- the API --------------------------------------------------------------------------- */
 
+static void *checkpoint_main(void *arg)
+{
+    struct tg_ledger *lg = arg;
+    pthread_mutex_lock(&lg->mu);
+    while (!lg->closing) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&lg->ckpt_cv, &lg->mu, &ts);
+        if (lg->closing)
+            break;
+        pthread_mutex_unlock(&lg->mu);
+        /* PASSIVE: copies what no reader still needs, never waits, never blocks the writer */
+        sqlite3_wal_checkpoint_v2(lg->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&lg->mu);
+    }
+    pthread_mutex_unlock(&lg->mu);
+    return NULL;
+}
+
 static void ledger_destroy(struct tg_ledger *lg)
 {
+    sqlite3_close(lg->ckpt_db);
+    pthread_cond_destroy(&lg->ckpt_cv);
     tg_store_close(&lg->store);
     pthread_cond_destroy(&lg->done);
     pthread_cond_destroy(&lg->work);
@@ -226,6 +259,7 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
     pthread_mutex_init(&lg->mu, NULL);
     pthread_cond_init(&lg->work, NULL);
     pthread_cond_init(&lg->done, NULL);
+    pthread_cond_init(&lg->ckpt_cv, NULL);
     lg->max_batch = opts && opts->max_batch ? opts->max_batch : DEFAULT_MAX_BATCH;
     lg->queue_max = TG_LEDGER_QUEUE_MAX;
 
@@ -240,6 +274,13 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
         goto fail;
     }
     lg->writer_started = true;
+    /* best effort: without it the writer's own (rarer) auto-checkpoints still bound the WAL */
+    if (sqlite3_open_v2(path, &lg->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
+            SQLITE_OK &&
+        pthread_create(&lg->checkpointer, NULL, checkpoint_main, lg) == 0)
+        lg->ckpt_started = true;
+    else
+        tg_warn("ledger: no background checkpointer; commits will checkpoint themselves");
     return lg;
 
 fail:
@@ -254,7 +295,10 @@ void tg_ledger_close(struct tg_ledger *lg)
     pthread_mutex_lock(&lg->mu);
     lg->closing = true;
     pthread_cond_signal(&lg->work);
+    pthread_cond_signal(&lg->ckpt_cv);
     pthread_mutex_unlock(&lg->mu);
+    if (lg->ckpt_started)
+        pthread_join(lg->checkpointer, NULL);
     if (lg->writer_started)
         pthread_join(lg->writer, NULL);
     /* The writer left only after the queue was empty. */
