@@ -52,7 +52,7 @@ struct tg_config {
     char *listen_host;                /* owned */
     unsigned short listen_port;       /* 0 = pick a free one */
     size_t max_body_bytes;
-    unsigned threads;                 /* HTTP worker threads; 0 = one per core */
+    unsigned threads;                 /* HTTP worker threads; 0 = three per core */
     char *catalog_path;               /* owned, resolved against the config file's dir */
     char *ledger_path;                /* owned */
     bool ledger_sync_full;
