@@ -2,19 +2,17 @@
  * of the range from the rows), subtotals, and the text forms of its filter. Opens the ledger read-only on
  * its own connection; it must never write to the file, create one, or round a sum.
  * Renderings live in bill_render.c. */
+#include "ledger_reader.h"
 #include "tollgate/bill.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "bill_internal.h"
 
-#define BUSY_TIMEOUT_MS 5000
 #define DAY_MS INT64_C(86400000)
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
@@ -425,38 +423,6 @@ static int key_subtotals(struct tg_bill *b)
 }
 
 /* The file must be a tollgate ledger of a schema version we know. */
-static int check_ledger(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    sqlite3_stmt *s = NULL;
-    int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'schema_version'",
-                                -1, &s, NULL);
-    if (rc != SQLITE_OK) {
-        if ((rc & 0xff) == SQLITE_NOTADB)
-            set_err(err, errlen, "bill: %s is not a SQLite database, so not a tollgate "
-                    "ledger", path);
-        else
-            set_err(err, errlen, "bill: %s is not a tollgate ledger (%s)", path,
-                    sqlite3_errmsg(db));
-        return (rc & 0xff) == SQLITE_ERROR || (rc & 0xff) == SQLITE_NOTADB ? TG_ERR_PARSE
-                                                                           : TG_ERR_IO;
-    }
-    int st = TG_OK;
-    rc = sqlite3_step(s);
-    const unsigned char *v = rc == SQLITE_ROW ? sqlite3_column_text(s, 0) : NULL;
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        set_err(err, errlen, "bill: %s: %s", path, sqlite3_errmsg(db));
-        st = TG_ERR_IO;
-    } else if (!v) {
-        set_err(err, errlen, "bill: %s is not a tollgate ledger (no schema_version)", path);
-        st = TG_ERR_PARSE;
-    } else if (strcmp((const char *)v, "1") != 0) {
-        set_err(err, errlen, "bill: %s has ledger schema version '%s'; this tollgate reads "
-                "version 1", path, (const char *)v);
-        st = TG_ERR_PARSE;
-    }
-    sqlite3_finalize(s);
-    return st;
-}
 
 /* Copy the caller's filter into the bill, defaults filled in. */
 static int adopt_filter(struct tg_bill *b, const struct tg_bill_filter *filter, char *err,
@@ -504,16 +470,6 @@ int tg_bill_load(const char *path, const struct tg_bill_filter *filter, struct t
     *out = NULL;
     if (err && errlen)
         err[0] = '\0';
-    struct stat sb;
-    if (stat(path, &sb) != 0) {
-        set_err(err, errlen, "bill: cannot read ledger %s: %s", path, strerror(errno));
-        return errno == ENOENT ? TG_ERR_NOTFOUND : TG_ERR_IO;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "bill: %s is not a regular file, so not a tollgate ledger", path);
-        return TG_ERR_PARSE;
-    }
-
     sqlite3 *db = NULL;
     struct tg_bill *b = calloc(1, sizeof *b);
     if (!b) {
@@ -523,26 +479,10 @@ int tg_bill_load(const char *path, const struct tg_bill_filter *filter, struct t
     int st = adopt_filter(b, filter, err, errlen);
     if (st != TG_OK)
         goto out;
-    /* Read-only and without SQLITE_OPEN_CREATE: a missing file is an error, never a new
-     * ledger (the file could vanish between the stat and here). */
-    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-    if (rc != SQLITE_OK) {
-        set_err(err, errlen, "bill: cannot open %s: %s", path,
-                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        st = TG_ERR_IO;
-        goto out;
-    }
-    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-    st = check_ledger(db, path, err, errlen);
+    /* one snapshot: the line items and the counts apart agree even while the daemon commits */
+    st = tg_ledger_snapshot_open(path, "bill", &db, err, errlen);
     if (st != TG_OK)
         goto out;
-    /* One read transaction: the line items and the counts apart share a snapshot even
-     * while the daemon commits. */
-    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        set_err(err, errlen, "bill: %s: %s", path, sqlite3_errmsg(db));
-        st = TG_ERR_IO;
-        goto out;
-    }
     st = read_lines(db, path, b, err, errlen);
     if (st == TG_OK)
         st = read_apart(db, path, b, err, errlen);

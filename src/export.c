@@ -1,9 +1,9 @@
 /* export.c: streams ledger rows as CSV or JSON Lines through a caller's write function, a
  * bounded buffer at a time. Read-only; it must never hold more than one row plus the buffer
  * in memory, whatever the size of the ledger. */
+#include "ledger_reader.h"
 #include "tollgate/export.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -11,11 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "tollgate/money.h"
 
-#define BUSY_TIMEOUT_MS 5000
 #define BUF_CAP (64u * 1024u)
 #define COST_COLUMN 14   /* cost_usd is derived from it and follows it */
 
@@ -264,22 +262,6 @@ static int id_range(sqlite3 *db, const struct tg_bill_filter *f, int64_t *lo, in
     return rc == SQLITE_ROW ? TG_OK : TG_ERR_PARSE;
 }
 
-static int check_version(sqlite3 *db, const char *path, char *err, size_t errlen)
-{
-    sqlite3_stmt *s = NULL;
-    int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'schema_version'",
-                                -1, &s, NULL);
-    const unsigned char *v = NULL;
-    if (rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-        v = sqlite3_column_text(s, 0);
-    int st = v && strcmp((const char *)v, "1") == 0 ? TG_OK : TG_ERR_PARSE;
-    if (st != TG_OK)
-        set_err(err, errlen, "export: %s is not a tollgate ledger of schema version 1%s%s",
-                path, rc == SQLITE_OK ? "" : ": ",
-                rc == SQLITE_OK ? "" : sqlite3_errmsg(db));
-    sqlite3_finalize(s);
-    return st;
-}
 
 static int export_open(sqlite3 *db, const char *path, const struct tg_bill_filter *f,
                        enum tg_export_format fmt, struct out *o, char *err, size_t errlen)
@@ -333,16 +315,6 @@ int tg_ledger_export(const char *path, const struct tg_bill_filter *f,
         set_err(err, errlen, "export: unknown format");
         return TG_ERR_PARSE;
     }
-    struct stat sb;
-    if (stat(path, &sb) != 0) {
-        set_err(err, errlen, "export: cannot read ledger %s: %s", path, strerror(errno));
-        return errno == ENOENT ? TG_ERR_NOTFOUND : TG_ERR_IO;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "export: %s is not a regular file, so not a tollgate ledger",
-                path);
-        return TG_ERR_PARSE;
-    }
     struct out *o = calloc(1, sizeof *o);
     if (!o) {
         set_err(err, errlen, "export: out of memory");
@@ -352,24 +324,11 @@ int tg_ledger_export(const char *path, const struct tg_bill_filter *f,
     o->ud = ud;
     sqlite3 *db = NULL;
     int st;
-    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-    if (rc != SQLITE_OK) {
-        set_err(err, errlen, "export: cannot open %s: %s", path,
-                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        st = TG_ERR_IO;
-        goto out;
-    }
-    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
-    st = check_version(db, path, err, errlen);
-    if (st != TG_OK)
-        goto out;
     /* One read snapshot for the range and the walk. (It holds back WAL checkpoints of a
      * running daemon for as long as the receiver takes.) */
-    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
-        st = TG_ERR_IO;
+    st = tg_ledger_snapshot_open(path, "export", &db, err, errlen);
+    if (st != TG_OK)
         goto out;
-    }
     st = export_open(db, path, f, fmt, o, err, errlen);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
 out:
