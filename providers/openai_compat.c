@@ -9,8 +9,8 @@
 #include <strings.h>
 #include <time.h>
 
-#include <openssl/rand.h>
 
+#include "json_util.h"
 #include "tollgate/config.h"
 #include "tollgate/error.h"
 
@@ -121,16 +121,8 @@ static json_t *logprobs_value(const json_t *choice)
 
 static char *gen_id(char *buf, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char rnd[12] = {0};
-    if (RAND_bytes(rnd, sizeof rnd) != 1)
-        memset(rnd, 0, sizeof rnd);   /* an id, not a secret: uniqueness is best effort */
-    char tail[2 * sizeof rnd + 1];
-    for (size_t i = 0; i < sizeof rnd; i++) {
-        tail[2 * i] = hex[rnd[i] >> 4];
-        tail[2 * i + 1] = hex[rnd[i] & 15];
-    }
-    tail[2 * sizeof rnd] = '\0';
+    char tail[25];
+    tg_random_hex(tail, 24);   /* an id, not a secret: uniqueness is best effort */
     snprintf(buf, len, "chatcmpl-tg%s", tail);
     return buf;
 }

@@ -3,6 +3,7 @@
  * its own connection; it must never write to the file, create one, or round a sum.
  * Renderings live in bill_render.c. */
 #include "ledger_reader.h"
+#include "json_util.h"
 #include "tollgate/bill.h"
 
 #include <stdint.h>
@@ -15,17 +16,6 @@
 
 #define DAY_MS INT64_C(86400000)
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- the queries ----------------------------------------------------------------------- */
 
@@ -239,7 +229,7 @@ static int add_line(struct tg_bill_line *acc, const struct tg_bill_line *l)
 static int step_error(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
     const char *msg = sqlite3_errmsg(db);
-    set_err(err, errlen, "bill: %s: %s", path, msg);
+    tg_set_err(err, errlen, "bill: %s: %s", path, msg);
     return strstr(msg, "integer overflow") ? TG_ERR_RANGE : TG_ERR_IO;
 }
 
@@ -282,7 +272,7 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
     if (rc == SQLITE_OK)
         rc = bind_split(s, f, &p);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "bill: %s is not a tollgate ledger: %s", path,
+        tg_set_err(err, errlen, "bill: %s is not a tollgate ledger: %s", path,
                 sqlite3_errmsg(db));
         st = TG_ERR_PARSE;
         goto out;
@@ -315,7 +305,7 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
             !column_sum(s, c + 9, &l->referenced) ||
             !column_sum(s, c + 10, &l->reference_cost_nano) ||
             !column_sum(s, c + 11, &l->referenced_cost_nano)) {
-            set_err(err, errlen, "bill: %s: a line (provider %s, model %s) has a non-integer"
+            tg_set_err(err, errlen, "bill: %s: a line (provider %s, model %s) has a non-integer"
                     " token count, cost or reference cost", path,
                     l->provider ? l->provider : "-", l->model ? l->model : "-");
             st = TG_ERR_PARSE;
@@ -323,7 +313,7 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
         }
         st = add_line(&b->total, l);
         if (st != TG_OK) {
-            set_err(err, errlen, "bill: %s: the grand total exceeds 2^63 nano-USD or tokens",
+            tg_set_err(err, errlen, "bill: %s: the grand total exceeds 2^63 nano-USD or tokens",
                     path);
             goto out;
         }
@@ -332,7 +322,7 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
         st = step_error(db, path, err, errlen);
 out:
     if (st == TG_ERR_NOMEM)
-        set_err(err, errlen, "bill: out of memory");
+        tg_set_err(err, errlen, "bill: out of memory");
     sqlite3_finalize(s);
     free(sql);
     return st;
@@ -346,7 +336,7 @@ static int read_apart(sqlite3 *db, const char *path, struct tg_bill *b, char *er
     struct split p = split_range(&b->filter);
     char *sql = apart_sql(&b->filter);
     if (!sql) {
-        set_err(err, errlen, "bill: out of memory");
+        tg_set_err(err, errlen, "bill: out of memory");
         return TG_ERR_NOMEM;
     }
     int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
@@ -361,7 +351,7 @@ static int read_apart(sqlite3 *db, const char *path, struct tg_bill *b, char *er
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(r, 3, b->filter.until_ms > 0 ? b->filter.until_ms : INT64_MAX);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "bill: %s: %s", path, sqlite3_errmsg(db));
+        tg_set_err(err, errlen, "bill: %s: %s", path, sqlite3_errmsg(db));
         st = TG_ERR_IO;
         goto out;
     }
@@ -432,13 +422,13 @@ static int adopt_filter(struct tg_bill *b, const struct tg_bill_filter *filter, 
         b->filter = *filter;
     struct tg_bill_filter *f = &b->filter;
     if (f->nby > TG_BILL_MAX_DIMS) {
-        set_err(err, errlen, "bill: at most %d grouping dimensions", TG_BILL_MAX_DIMS);
+        tg_set_err(err, errlen, "bill: at most %d grouping dimensions", TG_BILL_MAX_DIMS);
         return TG_ERR_PARSE;
     }
     unsigned seen = 0;
     for (unsigned i = 0; i < f->nby; i++) {
         if ((unsigned)f->by[i] > TG_BILL_BY_DAY || (seen & (1u << f->by[i]))) {
-            set_err(err, errlen, "bill: grouping dimension %u is invalid or repeated", i + 1);
+            tg_set_err(err, errlen, "bill: grouping dimension %u is invalid or repeated", i + 1);
             return TG_ERR_PARSE;
         }
         seen |= 1u << f->by[i];
@@ -449,7 +439,7 @@ static int adopt_filter(struct tg_bill *b, const struct tg_bill_filter *filter, 
         f->by[1] = TG_BILL_BY_MODEL;
     }
     if (f->key_id && !(f->key_id = strdup(f->key_id))) {
-        set_err(err, errlen, "bill: out of memory");
+        tg_set_err(err, errlen, "bill: out of memory");
         return TG_ERR_NOMEM;
     }
     b->from_rollup = split_range(f).whole;
@@ -473,7 +463,7 @@ int tg_bill_load(const char *path, const struct tg_bill_filter *filter, struct t
     sqlite3 *db = NULL;
     struct tg_bill *b = calloc(1, sizeof *b);
     if (!b) {
-        set_err(err, errlen, "bill: out of memory");
+        tg_set_err(err, errlen, "bill: out of memory");
         return TG_ERR_NOMEM;
     }
     int st = adopt_filter(b, filter, err, errlen);
@@ -490,9 +480,9 @@ int tg_bill_load(const char *path, const struct tg_bill_filter *filter, struct t
     if (st == TG_OK && grouped_by(&b->filter, TG_BILL_BY_KEY)) {
         st = key_subtotals(b);
         if (st == TG_ERR_NOMEM)
-            set_err(err, errlen, "bill: out of memory");
+            tg_set_err(err, errlen, "bill: out of memory");
         else if (st != TG_OK)
-            set_err(err, errlen, "bill: %s: a key subtotal exceeds 2^63", path);
+            tg_set_err(err, errlen, "bill: %s: a key subtotal exceeds 2^63", path);
     }
 out:
     sqlite3_close(db);
@@ -638,13 +628,13 @@ int tg_bill_filter_set(struct tg_bill_filter *f, const char *name, const char *v
                        char *err, size_t errlen)
 {
     if (!value) {
-        set_err(err, errlen, "%s needs a value", name);
+        tg_set_err(err, errlen, "%s needs a value", name);
         return TG_ERR_PARSE;
     }
     if (strcmp(name, "from") == 0 || strcmp(name, "to") == 0) {
         int64_t ms;
         if (tg_bill_time_parse(value, &ms) != TG_OK || ms <= 0) {
-            set_err(err, errlen, "%s must be a date (YYYY-MM-DD) or an RFC 3339 time after"
+            tg_set_err(err, errlen, "%s must be a date (YYYY-MM-DD) or an RFC 3339 time after"
                     " 1970, not \"%s\"", name, value);
             return TG_ERR_PARSE;
         }
@@ -656,14 +646,14 @@ int tg_bill_filter_set(struct tg_bill_filter *f, const char *name, const char *v
     }
     if (strcmp(name, "key") == 0) {
         if (!value[0]) {
-            set_err(err, errlen, "key must not be empty");
+            tg_set_err(err, errlen, "key must not be empty");
             return TG_ERR_PARSE;
         }
         f->key_id = value;
         return TG_OK;
     }
     if (strcmp(name, "by") != 0) {
-        set_err(err, errlen, "unknown bill parameter \"%s\"", name);
+        tg_set_err(err, errlen, "unknown bill parameter \"%s\"", name);
         return TG_ERR_PARSE;
     }
     static const char *const names[] = {"key", "provider", "model", "day"};
@@ -676,13 +666,13 @@ int tg_bill_filter_set(struct tg_bill_filter *f, const char *name, const char *v
             if (n == strlen(names[i]) && strncmp(p, names[i], n) == 0)
                 dim = i;
         if (dim < 0) {
-            set_err(err, errlen, "by: \"%.*s\" is not one of key, provider, model, day",
+            tg_set_err(err, errlen, "by: \"%.*s\" is not one of key, provider, model, day",
                     (int)n, p);
             return TG_ERR_PARSE;
         }
         for (unsigned i = 0; i < next.nby; i++) {
             if (next.by[i] == (enum tg_bill_dim)dim) {
-                set_err(err, errlen, "by: %s given twice", names[dim]);
+                tg_set_err(err, errlen, "by: %s given twice", names[dim]);
                 return TG_ERR_PARSE;
             }
         }
@@ -717,7 +707,7 @@ int tg_bill_render_file(const char *path, const struct tg_bill_filter *filter,
     *out = tg_bill_render(b, fmt);
     tg_bill_free(b);
     if (!*out) {
-        set_err(err, errlen, "bill: out of memory while rendering");
+        tg_set_err(err, errlen, "bill: out of memory while rendering");
         return TG_ERR_NOMEM;
     }
     return TG_OK;

@@ -267,15 +267,17 @@ int tg_chat_begin(struct tg_request *r)
     r->want_usage = json_is_true(
         json_object_get(json_object_get(r->client_json, "stream_options"), "include_usage"));
     r->le.streamed = r->stream;
-    r->prompt_estimate = tg_chat_estimate_prompt(json_object_get(r->client_json, "messages"));
+    tg_chat_prompt_size(json_object_get(r->client_json, "messages"), &r->prompt_estimate,
+                        &r->prompt_bound);
+    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
+    if (!json_is_integer(mt))
+        mt = json_object_get(r->client_json, "max_tokens");
+    r->max_output = json_is_integer(mt) ? json_integer_value(mt) : 0;
 
     r->cat = tg_gateway_catalog(r->gw);
-    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
-    if (!mt)
-        mt = json_object_get(r->client_json, "max_tokens");
     struct tg_route_hints hints = {
         .prompt_tokens = r->prompt_estimate,
-        .max_output_tokens = json_is_integer(mt) ? json_integer_value(mt) : 0,
+        .max_output_tokens = r->max_output,
         .health = r->gw->health,
         .now_ms = tg_wall_ms(),
     };
@@ -509,7 +511,7 @@ static void account(struct tg_request *r, const struct tg_usage *u, int64_t cont
     }
     e->cost_nano = -1;
     int64_t pin, pout, cost;
-    if (tg_chat_effective_price(c, &pin, &pout) &&
+    if (tg_offer_price(c->pc, c->offer, &pin, &pout) &&
         tg_cost_nano_timed(e->prompt_tokens, pin, e->completion_tokens, pout,
                            c->pc->price_per_second_nano > 0 && e->duration_us > 0 ? e->duration_us : 0,
                            c->pc->price_per_second_nano, &cost) == TG_OK)

@@ -18,11 +18,9 @@ struct tg_error;
  * Returns TG_OK or TG_ERR_PARSE. (chat_validate.c) */
 int tg_chat_validate(json_t *body, struct tg_error *err) TG_WUR;
 
-/* Upper bound on prompt tokens, for budget holds (see chat_validate.c). */
-int64_t tg_chat_reserve_prompt(const json_t *msgs);
-
-/* Rough prompt size in tokens: 4 characters a token, a nominal 800 per image part. */
-int64_t tg_chat_estimate_prompt(const json_t *msgs);
+/* The prompt's size in tokens, in one walk over the messages: *estimate (used when the
+ * provider reports no usage) and *bound (an upper bound, for budget holds). */
+void tg_chat_prompt_size(const json_t *msgs, int64_t *estimate, int64_t *bound);
 
 /* HTTP thread, body complete. TG_OK: the request went asynchronous and the connection is
  * suspended; it is resumed when r->resp_ready or r->stream_started. TG_DONE: r->resp_* is
@@ -52,8 +50,6 @@ void tg_chat_slot_refused(struct tg_request *r);
 /* ---- chat_admit.c ---- */
 struct tg_candidate;
 struct tg_image_policy;
-/* The price on candidate c (provider override or catalog); false when unknown. */
-bool tg_chat_effective_price(const struct tg_candidate *c, int64_t *in, int64_t *out);
 /* Worst-case cost of r on c in nano-USD (prompt estimate x2 + the output cap), -1 unknown. */
 int64_t tg_chat_worst_cost(const struct tg_request *r, const struct tg_candidate *c);
 /* Key scopes (filters r->plan), rate limits and budget hold. TG_OK or r->error set. */

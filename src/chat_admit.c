@@ -15,30 +15,19 @@
 #include "tollgate/keystore.h"
 #include "tollgate/money.h"
 
-/* The price that applies on candidate c: the provider's own (local workers) or the
- * catalog's. false when unknown. */
-bool tg_chat_effective_price(const struct tg_candidate *c, int64_t *in, int64_t *out)
-{
-    return tg_offer_price(c->pc, c->offer, in, out);
-}
-
 /* Worst-case cost of the request on candidate c (nano-USD), or -1 if its price is unknown:
- * the prompt bound (tg_chat_reserve_prompt) plus the output cap. */
+ * the prompt bound (tg_chat_prompt_size) plus the output cap. */
 int64_t tg_chat_worst_cost(const struct tg_request *r, const struct tg_candidate *c)
 {
     int64_t pin, pout;
-    if (!tg_chat_effective_price(c, &pin, &pout) || c->pc->price_per_second_nano > 0)
+    if (!tg_offer_price(c->pc, c->offer, &pin, &pout) || c->pc->price_per_second_nano > 0)
         return -1;   /* time-priced work has no token bound */
-    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
-    if (!json_is_integer(mt))
-        mt = json_object_get(r->client_json, "max_tokens");
-    int64_t out_cap = json_is_integer(mt)                   ? json_integer_value(mt)
+    int64_t out_cap = r->max_output > 0                     ? r->max_output
                       : c->offer && c->offer->max_output     ? c->offer->max_output
                       : c->offer && c->offer->context_length ? c->offer->context_length
                                                              : 4096;
     int64_t worst;
-    int64_t prompt = tg_chat_reserve_prompt(json_object_get(r->client_json, "messages"));
-    if (tg_cost_nano(prompt, pin, out_cap, pout, &worst) != TG_OK)
+    if (tg_cost_nano(r->prompt_bound, pin, out_cap, pout, &worst) != TG_OK)
         return -1;
     return worst;
 }
@@ -73,10 +62,7 @@ int tg_chat_admit_key(struct tg_request *r)
         int64_t w = tg_chat_worst_cost(r, &r->plan.c[i]);
         worst = w < 0 ? -1 : (w > worst ? w : worst);
     }
-    json_t *mt = json_object_get(r->client_json, "max_completion_tokens");
-    if (!json_is_integer(mt))
-        mt = json_object_get(r->client_json, "max_tokens");
-    int64_t tokens = r->prompt_estimate + (json_is_integer(mt) ? json_integer_value(mt) : 0);
+    int64_t tokens = r->prompt_estimate + r->max_output;
     return tg_keystore_admit(ks, r->key, tokens, worst, tg_wall_ms(), &r->adm, &r->limits,
                              &r->error);
 }

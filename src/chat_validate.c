@@ -125,12 +125,8 @@ int tg_chat_validate(json_t *body, struct tg_error *err)
     return TG_OK;
 }
 
-/* Rough prompt size in tokens (4 characters a token, a nominal cost per image), used when
- * the provider reports no usage and for worst-case reservations. */
-int64_t tg_chat_reserve_prompt(const json_t *msgs)
+void tg_chat_prompt_size(const json_t *msgs, int64_t *estimate, int64_t *bound)
 {
-    /* a bound, not a guess: 2 characters a token, the chat template's tokens per message,
-     * and twice the usual image cost */
     int64_t chars = 0, images = 0, n = 0;
     size_t i, k;
     json_t *m, *part;
@@ -147,27 +143,9 @@ int64_t tg_chat_reserve_prompt(const json_t *msgs)
                 images++;
         }
     }
-    return (chars + 1) / 2 + 32 * n + 64 + images * 1600;
+    /* the estimate: 4 characters a token, 16 characters of framing a message, 800 an image */
+    *estimate = (chars + 16 * n + 3) / 4 + images * 800;
+    /* the bound: 2 characters a token, the chat template's 32 tokens a message, twice the
+     * image cost */
+    *bound = (chars + 1) / 2 + 32 * n + 64 + images * 1600;
 }
-
-int64_t tg_chat_estimate_prompt(const json_t *msgs)
-{
-    int64_t chars = 0, images = 0;
-    size_t i, k;
-    json_t *m, *part;
-    json_array_foreach(msgs, i, m) {
-        json_t *c = json_object_get(m, "content");
-        chars += 16;   /* role and message framing */
-        if (json_is_string(c))
-            chars += (int64_t)json_string_length(c);
-        json_array_foreach(c, k, part) {
-            json_t *t = json_object_get(part, "text");
-            if (json_is_string(t))
-                chars += (int64_t)json_string_length(t);
-            else
-                images++;
-        }
-    }
-    return (chars + 3) / 4 + images * 800;
-}
-

@@ -106,20 +106,9 @@ int tg_cli_serve(int argc, char **argv)
         fprintf(stderr, "tollgate: %s\n", err);
         goto out;
     }
-    if (listen) {
-        char tmp[600];
-        snprintf(tmp, sizeof tmp, "{\"listen\":\"%s\",\"providers\":{\"openai\":{}}}", listen);
-        struct tg_config c2;
-        if (tg_config_parse(&c2, tmp, NULL, err, sizeof err) != TG_OK) {
-            fprintf(stderr, "tollgate: --listen: %s\n", err);
-            tg_config_cleanup(&c2);
-            goto out;
-        }
-        free(gw->cfg.listen_host);
-        gw->cfg.listen_host = c2.listen_host;
-        gw->cfg.listen_port = c2.listen_port;
-        c2.listen_host = NULL;
-        tg_config_cleanup(&c2);
+    if (listen && tg_config_set_listen(&gw->cfg, listen, err, sizeof err) != TG_OK) {
+        fprintf(stderr, "tollgate: --listen: %s\n", err);
+        goto out;
     }
     if (ledger) {
         free(gw->cfg.ledger_path);

@@ -93,7 +93,7 @@ static int get_long(json_t *obj, const char *key, long def, long min, long max, 
 }
 
 /* "host:port"; IPv6 as "[::1]:8080". */
-static int parse_listen(struct tg_config *cfg, const char *s, char *err, size_t errlen)
+int tg_config_set_listen(struct tg_config *cfg, const char *s, char *err, size_t errlen)
 {
     const char *colon = strrchr(s, ':');
     if (!colon || colon == s) {
@@ -339,7 +339,7 @@ int tg_config_parse(struct tg_config *cfg, const char *text, const char *path, c
 
     if ((rc = get_string(root, "listen", "127.0.0.1:8080", &s, "", err, errlen)))
         goto out;
-    if ((rc = parse_listen(cfg, s, err, errlen)))
+    if ((rc = tg_config_set_listen(cfg, s, err, errlen)))
         goto out;
     free(s);
     s = NULL;

@@ -2,6 +2,7 @@
  * bounded buffer at a time. Read-only; it must never hold more than one row plus the buffer
  * in memory, whatever the size of the ledger. */
 #include "ledger_reader.h"
+#include "json_util.h"
 #include "tollgate/export.h"
 
 #include <jansson.h>
@@ -41,17 +42,6 @@ static const char select_sql[] =
     " created_ms, settled_ms, chain_seq, prev_hash, row_hash FROM requests NOT INDEXED"
     " WHERE id BETWEEN ?4 AND ?5" FILTER " ORDER BY id";
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 int tg_export_format_parse(const char *s, enum tg_export_format *out)
 {
@@ -268,7 +258,7 @@ static int export_open(sqlite3 *db, const char *path, const struct tg_bill_filte
 {
     int64_t lo, hi;
     if (id_range(db, f, &lo, &hi) != TG_OK) {
-        set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
+        tg_set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
         return TG_ERR_PARSE;
     }
     sqlite3_stmt *s = NULL;
@@ -280,7 +270,7 @@ static int export_open(sqlite3 *db, const char *path, const struct tg_bill_filte
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(s, 5, hi);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
+        tg_set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
         sqlite3_finalize(s);
         return TG_ERR_PARSE;
     }
@@ -289,17 +279,17 @@ static int export_open(sqlite3 *db, const char *path, const struct tg_bill_filte
         row(o, s, fmt);
     int st = TG_OK;
     if (o->nomem) {
-        set_err(err, errlen, "export: out of memory");
+        tg_set_err(err, errlen, "export: out of memory");
         st = TG_ERR_NOMEM;
     } else if (!o->stopped && rc != SQLITE_DONE) {
-        set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
+        tg_set_err(err, errlen, "export: %s: %s", path, sqlite3_errmsg(db));
         st = TG_ERR_IO;
     }
     sqlite3_finalize(s);
     if (st == TG_OK)
         flush_out(o);
     if (st == TG_OK && o->stopped) {
-        set_err(err, errlen, "export: the receiver stopped the export");
+        tg_set_err(err, errlen, "export: the receiver stopped the export");
         st = TG_ERR_IO;
     }
     return st;
@@ -312,12 +302,12 @@ int tg_ledger_export(const char *path, const struct tg_bill_filter *f,
     if (err && errlen)
         err[0] = '\0';
     if (fmt != TG_EXPORT_CSV && fmt != TG_EXPORT_JSONL) {
-        set_err(err, errlen, "export: unknown format");
+        tg_set_err(err, errlen, "export: unknown format");
         return TG_ERR_PARSE;
     }
     struct out *o = calloc(1, sizeof *o);
     if (!o) {
-        set_err(err, errlen, "export: out of memory");
+        tg_set_err(err, errlen, "export: out of memory");
         return TG_ERR_NOMEM;
     }
     o->write = write;

@@ -2,11 +2,15 @@
 #include "json_util.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 int tg_read_file(const char *path, size_t cap, char **out, size_t *out_len)
 {
@@ -149,4 +153,29 @@ json_t *tg_json_loadb_lenient(const char *buf, size_t len)
     v = json_loadb(fixed, n, 0, NULL);
     free(fixed);
     return v;
+}
+
+void tg_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+bool tg_random_hex(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[64];
+    size_t nb = (n + 1) / 2;
+    bool ok = nb <= sizeof b && RAND_bytes(b, (int)nb) == 1;
+    if (!ok)
+        memset(b, 0, sizeof b);
+    for (size_t i = 0; i < n && i / 2 < sizeof b; i++)
+        out[i] = hex[(b[i / 2] >> ((i % 2) ? 0 : 4)) & 15];
+    out[n] = '\0';
+    OPENSSL_cleanse(b, sizeof b);
+    return ok;
 }

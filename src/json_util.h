@@ -1,8 +1,10 @@
-/* json_util.h: small helpers shared by the parsers: reading a whole file with a cap and
- * typed field access with messages that name the field. Private to libtollgate. */
+/* json_util.h: small helpers shared across the core: reading a whole file with a cap,
+ * lenient JSON loading, clocks, error-message buffers and random ids. Private to
+ * libtollgate. */
 #ifndef TOLLGATE_JSON_UTIL_H
 #define TOLLGATE_JSON_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <jansson.h>
 #include "tollgate/status.h"
@@ -17,6 +19,13 @@ int tg_strlcpy_checked(char *dst, const char *src, size_t cap) TG_WUR;
 /* json_loadb, but an integer literal too big for jansson (a uint64 seed from Together) is
  * read as a string instead of failing the whole document. Returns new or NULL. */
 json_t *tg_json_loadb_lenient(const char *buf, size_t len);
+
+/* printf into a caller's error buffer; err may be NULL or errlen 0 (then nothing). */
+void tg_set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
+
+/* n random lowercase hex characters (OpenSSL RAND_bytes) into out, NUL-terminated (out
+ * needs n + 1 bytes). Returns false if no randomness was available (out is then zeros). */
+bool tg_random_hex(char *out, size_t n);
 
 /* Monotonic microseconds, wall-clock milliseconds. */
 long long tg_now_us(void);

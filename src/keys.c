@@ -9,7 +9,6 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <sqlite3.h>
 
 #include "json_util.h"
@@ -141,17 +140,11 @@ out:
 
 static void random_hex(char *out, size_t n)
 {
-    unsigned char b[64];
-    size_t nb = (n + 1) / 2;
-    if (RAND_bytes(b, (int)nb) != 1)
+    if (!tg_random_hex(out, n))
         abort();   /* no randomness: issuing a guessable key is worse than stopping */
-    for (size_t i = 0; i < n; i++)
-        out[i] = hexd[(b[i / 2] >> ((i % 2) ? 0 : 4)) & 15];
-    out[n] = '\0';
-    OPENSSL_cleanse(b, sizeof b);
 }
 
-static int store_secret(sqlite3 *db, const char *id, const char *secret, bool rotate)
+static int store_secret(sqlite3 *db, const char *id, const char *secret)
 {
     unsigned char h[32];
     sqlite3_stmt *st = NULL;
@@ -159,7 +152,7 @@ static int store_secret(sqlite3 *db, const char *id, const char *secret, bool ro
     tg_key_hash(secret, h);
     const char *sql = "UPDATE keys SET secret_sha256 = ?1, rotated_ms = ?2 "
                       "WHERE id = ?3 AND revoked_ms IS NULL";
-    if (!rotate || sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
         goto out;
     sqlite3_bind_blob(st, 1, h, 32, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, tg_wall_ms());
@@ -223,7 +216,7 @@ int tg_keys_rotate(sqlite3 *db, const char *id, char *token_out)
     random_hex(secret, TG_KEY_SECRET_LEN);
     if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return TG_ERR_IO;
-    rc = store_secret(db, id, secret, true);
+    rc = store_secret(db, id, secret);
     if (rc == TG_OK)
         rc = bump_version(db);
     if (rc == TG_OK && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)

@@ -3,6 +3,7 @@
  * SQL, the chain and the rollup) and acknowledges each once durable. Only the writer
  * touches the connection after open; this file never computes a price. */
 #include "tollgate/ledger.h"
+#include "json_util.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -95,25 +96,6 @@ void tg_ledger_entry_init(struct tg_ledger_entry *e)
     e->duration_us = -1;
     e->queue_us = -1;
     e->created_ms = -1;        /* the ledger stamps "now" when it stays unknown */
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 /* ---- the writer ------------------------------------------------------------------------ */
@@ -253,7 +235,7 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
         err[0] = '\0';
     struct tg_ledger *lg = calloc(1, sizeof *lg);
     if (!lg) {
-        set_err(err, errlen, "ledger: out of memory");
+        tg_set_err(err, errlen, "ledger: out of memory");
         return NULL;
     }
     pthread_mutex_init(&lg->mu, NULL);
@@ -270,7 +252,7 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
                 path, (long long)lg->store.interrupted_at_open);
     int rc = pthread_create(&lg->writer, NULL, writer_main, lg);
     if (rc != 0) {
-        set_err(err, errlen, "ledger: cannot start the writer thread: %s", strerror(rc));
+        tg_set_err(err, errlen, "ledger: cannot start the writer thread: %s", strerror(rc));
         goto fail;
     }
     lg->writer_started = true;
@@ -354,7 +336,7 @@ static struct op *op_new(enum op_kind kind, const struct tg_ledger_entry *e,
     if (!e)
         return op;
     op->e = *e;
-    int64_t now = now_ms();
+    int64_t now = tg_wall_ms();
     if (op->e.created_ms < 0)
         op->e.created_ms = now;
     op->settled_ms = kind == OP_SETTLE || e->status != TG_ROW_RESERVED ? now : -1;

@@ -2,6 +2,7 @@
  * ledger, create the schema, check its version, load the chain head, and hand rows left
  * reserved by a crash to the sweep. It never deletes or rewrites existing rows. */
 #include "ledger_store.h"
+#include "json_util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -94,17 +95,6 @@ static const char schema_sql[] =
     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '"
     TG_LEDGER_SCHEMA_VERSION "');";
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Run one statement that yields at most one text value (a PRAGMA or a lookup). out gets ""
  * when there is no row or the value is NULL. Returns the final sqlite code. */
@@ -143,7 +133,7 @@ static int prepare_schema(struct tg_ledger_store *st, const char *path, char *er
         if (rc != SQLITE_OK)
             goto sqlfail;
         if (strcmp(v, "0") != 0) {
-            set_err(err, errlen, "ledger: %s is a SQLite database but not a tollgate ledger"
+            tg_set_err(err, errlen, "ledger: %s is a SQLite database but not a tollgate ledger"
                     " (no meta table); refusing to modify it", path);
             return TG_ERR_PARSE;
         }
@@ -155,14 +145,14 @@ static int prepare_schema(struct tg_ledger_store *st, const char *path, char *er
     if (rc != SQLITE_OK)
         goto sqlfail;
     if (strcmp(v, TG_LEDGER_SCHEMA_VERSION) != 0) {
-        set_err(err, errlen, "ledger: %s has schema version '%s', this tollgate knows only "
+        tg_set_err(err, errlen, "ledger: %s has schema version '%s', this tollgate knows only "
                 "version " TG_LEDGER_SCHEMA_VERSION, path, v);
         return TG_ERR_PARSE;
     }
     return TG_OK;
 
 sqlfail:
-    set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
+    tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
     return TG_ERR_IO;
 }
 
@@ -186,7 +176,7 @@ static int load_head(struct tg_ledger_store *st, const char *path, char *err, si
         rc = query_text(st->db, "SELECT coalesce(max(id), 0) + 1 FROM requests", next,
                         sizeof next);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
+        tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         return TG_ERR_IO;
     }
     st->next_id = strtoll(next, NULL, 10);
@@ -197,7 +187,7 @@ static int load_head(struct tg_ledger_store *st, const char *path, char *err, si
         char *end = NULL;
         long long n = strtoll(seq, &end, 10);
         if (!seq[0] || *end || n < 0 || !tg_chain_unhex(hex, strlen(hex), st->head)) {
-            set_err(err, errlen, "ledger: %s: the chain head in meta is damaged (seq '%s',"
+            tg_set_err(err, errlen, "ledger: %s: the chain head in meta is damaged (seq '%s',"
                     " hash '%s'); run `tollgate ledger verify`", path, seq, hex);
             return TG_ERR_PARSE;
         }
@@ -222,7 +212,7 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     st->held = calloc(TG_STORE_HELD, sizeof *st->held);   /* NULL: no cache, still correct */
     st->hasher = tg_chain_hasher_new();
     if (!st->hasher) {
-        set_err(err, errlen, "ledger: OpenSSL provides no SHA-256");
+        tg_set_err(err, errlen, "ledger: OpenSSL provides no SHA-256");
         return TG_ERR_IO;
     }
     /* NOMUTEX: the connection is used by one thread at a time (opener, writer, closer),
@@ -231,7 +221,7 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                              NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: cannot open %s: %s", path,
+        tg_set_err(err, errlen, "ledger: cannot open %s: %s", path,
                 st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
         return TG_ERR_IO;
     }
@@ -240,7 +230,7 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     char mode[32];
     rc = query_text(st->db, "PRAGMA journal_mode = WAL", mode, sizeof mode);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: cannot open %s: %s", path, sqlite3_errmsg(st->db));
+        tg_set_err(err, errlen, "ledger: cannot open %s: %s", path, sqlite3_errmsg(st->db));
         return rc == SQLITE_NOTADB ? TG_ERR_PARSE : TG_ERR_IO;
     }
     if (strcmp(mode, "wal") != 0)   /* ":memory:" says "memory"; still usable in tests */
@@ -253,19 +243,19 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     if (rc == SQLITE_OK)
         rc = query_text(st->db, "PRAGMA synchronous", sync, sizeof sync);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
+        tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         return TG_ERR_IO;
     }
     st->synchronous = atoi(sync);
 
     rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
+        tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         return TG_ERR_IO;
     }
     int result = prepare_schema(st, path, err, errlen);
     if (result == TG_OK && tg_store_prepare(st) != TG_OK) {
-        set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
+        tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         result = TG_ERR_IO;
     }
     if (result == TG_OK)
@@ -273,13 +263,13 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     if (result == TG_OK) {
         result = tg_store_sweep(st);
         if (result != TG_OK)
-            set_err(err, errlen, "ledger: %s: cannot mark crashed reservations interrupted:"
+            tg_set_err(err, errlen, "ledger: %s: cannot mark crashed reservations interrupted:"
                     " %s", path, result == TG_ERR_NOMEM ? "out of memory"
                                                         : sqlite3_errmsg(st->db));
     }
     /* commit stores the head the sweep moved */
     if (result == TG_OK && tg_store_commit(st) != TG_OK) {
-        set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
+        tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         result = TG_ERR_IO;
     }
     if (result != TG_OK && !sqlite3_get_autocommit(st->db))

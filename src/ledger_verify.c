@@ -2,6 +2,7 @@
  * file and checks the bill rollup against the rows. Read-only: it opens the file without
  * write access and never creates one. */
 #include "tollgate/ledger.h"
+#include "json_util.h"
 
 #include <errno.h>
 #include <sqlite3.h>
@@ -67,17 +68,6 @@ const char *tg_ledger_fault_name(enum tg_ledger_fault f)
     return (unsigned)f <= TG_LEDGER_ROLLUP ? fault_names[f] : "invalid";
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 struct walk {
     sqlite3 *db;
@@ -211,7 +201,7 @@ static int walk_chain(struct walk *w, unsigned char head[TG_CHAIN_HASH_LEN], int
     struct last_row last = {0};
     int rc = sqlite3_prepare_v2(w->db, walk_sql, -1, &s, NULL);
     if (rc != SQLITE_OK) {
-        set_err(w->out->detail, sizeof w->out->detail, "%s", sqlite3_errmsg(w->db));
+        tg_set_err(w->out->detail, sizeof w->out->detail, "%s", sqlite3_errmsg(w->db));
         return TG_ERR_PARSE;
     }
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -370,7 +360,7 @@ static int read_meta(struct walk *w, char *err, size_t errlen)
     int rc = sqlite3_prepare_v2(w->db, "SELECT key, value FROM meta WHERE key IN"
                                 " ('schema_version', 'chain_seq', 'chain_head')", -1, &s, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: %s is not a tollgate ledger (%s)", w->path,
+        tg_set_err(err, errlen, "ledger: %s is not a tollgate ledger (%s)", w->path,
                 (rc & 0xff) == SQLITE_NOTADB ? "not a SQLite database" : sqlite3_errmsg(w->db));
         return (rc & 0xff) == SQLITE_ERROR || (rc & 0xff) == SQLITE_NOTADB ? TG_ERR_PARSE
                                                                            : TG_ERR_IO;
@@ -385,11 +375,11 @@ static int read_meta(struct walk *w, char *err, size_t errlen)
     }
     sqlite3_finalize(s);
     if (rc != SQLITE_DONE) {
-        set_err(err, errlen, "ledger: %s: %s", w->path, sqlite3_errmsg(w->db));
+        tg_set_err(err, errlen, "ledger: %s: %s", w->path, sqlite3_errmsg(w->db));
         return TG_ERR_IO;
     }
     if (strcmp(version, TG_LEDGER_SCHEMA_VERSION) != 0) {
-        set_err(err, errlen, "ledger: %s has schema version '%s'; this tollgate verifies "
+        tg_set_err(err, errlen, "ledger: %s has schema version '%s'; this tollgate verifies "
                 "version " TG_LEDGER_SCHEMA_VERSION, w->path, version);
         return TG_ERR_PARSE;
     }
@@ -447,7 +437,7 @@ static int verify_open(struct walk *w, char *err, size_t errlen)
         goto io;
     return TG_OK;
 io:
-    set_err(err, errlen, "ledger: %s: %s", w->path, sqlite3_errmsg(w->db));
+    tg_set_err(err, errlen, "ledger: %s: %s", w->path, sqlite3_errmsg(w->db));
     return TG_ERR_IO;
 }
 
@@ -459,11 +449,11 @@ int tg_ledger_verify(const char *path, struct tg_ledger_verify_report *out, char
         err[0] = '\0';
     struct stat sb;
     if (stat(path, &sb) != 0) {
-        set_err(err, errlen, "ledger: cannot read %s: %s", path, strerror(errno));
+        tg_set_err(err, errlen, "ledger: cannot read %s: %s", path, strerror(errno));
         return errno == ENOENT ? TG_ERR_NOTFOUND : TG_ERR_IO;
     }
     if (!S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "ledger: %s is not a regular file, so not a tollgate ledger",
+        tg_set_err(err, errlen, "ledger: %s is not a regular file, so not a tollgate ledger",
                 path);
         return TG_ERR_PARSE;
     }
@@ -471,12 +461,12 @@ int tg_ledger_verify(const char *path, struct tg_ledger_verify_report *out, char
     int st = TG_OK;
     w.hasher = tg_chain_hasher_new();
     if (!w.hasher) {
-        set_err(err, errlen, "ledger: OpenSSL provides no SHA-256");
+        tg_set_err(err, errlen, "ledger: OpenSSL provides no SHA-256");
         return TG_ERR_IO;
     }
     int rc = sqlite3_open_v2(path, &w.db, SQLITE_OPEN_READONLY, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "ledger: cannot open %s: %s", path,
+        tg_set_err(err, errlen, "ledger: cannot open %s: %s", path,
                 w.db ? sqlite3_errmsg(w.db) : sqlite3_errstr(rc));
         st = TG_ERR_IO;
         goto out;
@@ -484,7 +474,7 @@ int tg_ledger_verify(const char *path, struct tg_ledger_verify_report *out, char
     sqlite3_busy_timeout(w.db, BUSY_TIMEOUT_MS);
     /* One read transaction: the walk, the head and the rollup share a snapshot. */
     if (sqlite3_exec(w.db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(w.db));
+        tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(w.db));
         st = TG_ERR_IO;
         goto out;
     }

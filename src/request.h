@@ -80,6 +80,8 @@ struct tg_request {
     size_t up_body_len;
     size_t up_sent;                /* engine: bytes of up_body handed to libcurl */
     int64_t prompt_estimate;       /* tokens, from message text length */
+    int64_t prompt_bound;          /* upper bound on prompt tokens, for budget holds */
+    int64_t max_output;            /* max_completion_tokens / max_tokens; 0 = not given */
     long long t_start_us;
 
     /* --- engine thread only, during an attempt --- */

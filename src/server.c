@@ -10,12 +10,12 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
-#include <openssl/rand.h>
 
 #include "admin.h"
 #include "chat.h"
 #include "engine.h"
 #include "gateway.h"
+#include "json_util.h"
 #include "request.h"
 #include "tollgate/log.h"
 #include "tollgate/money.h"
@@ -260,16 +260,8 @@ static void route(struct http_ctx *ctx, const char *url, const char *method)
 
 static void new_request_id(char *buf, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char rnd[10] = {0};
-    if (RAND_bytes(rnd, sizeof rnd) != 1)
-        memset(rnd, 0, sizeof rnd);
-    char h[2 * sizeof rnd + 1];
-    for (size_t i = 0; i < sizeof rnd; i++) {
-        h[2 * i] = hex[rnd[i] >> 4];
-        h[2 * i + 1] = hex[rnd[i] & 15];
-    }
-    h[2 * sizeof rnd] = '\0';
+    char h[21];
+    tg_random_hex(h, 20);
     snprintf(buf, len, "tgr_%s", h);
 }
 

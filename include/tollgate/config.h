@@ -86,6 +86,10 @@ int tg_config_load(struct tg_config *cfg, const char *path, char *err, size_t er
 
 void tg_config_cleanup(struct tg_config *cfg);
 
+/* Set listen_host/listen_port from "HOST:PORT" ("[::1]:8080"; port 0 = any free one).
+ * TG_OK, or TG_ERR_PARSE with a message in err (cfg unchanged on error). */
+int tg_config_set_listen(struct tg_config *cfg, const char *s, char *err, size_t errlen) TG_WUR;
+
 /* Borrowed pointer to the provider named name (or one of its adapter's aliases), or NULL. */
 const struct tg_provider_conf *tg_config_provider(const struct tg_config *cfg, const char *name);
 
