@@ -354,11 +354,15 @@ void tg_oa_on_header(const struct tg_provider_conf *pc, const char *name, const 
         if (end != value && s >= 0)   /* a day is plenty; larger values are noise */
             meta->retry_after_s = s > 86400 ? 86400 : s;
     }
+    size_t nl = strlen(name), vl = strlen(value);
     if (passthrough_name(name) && meta->n_pass < TG_MAX_PASSTHROUGH_HEADERS &&
-        strlen(name) < sizeof meta->pass_name[0] && strlen(value) < sizeof meta->pass_value[0]) {
-        strcpy(meta->pass_name[meta->n_pass], name);
-        strcpy(meta->pass_value[meta->n_pass], value);
-        meta->n_pass++;
+        nl < TG_PASSTHROUGH_NAME_MAX && vl < TG_PASSTHROUGH_VALUE_MAX &&
+        meta->pass_used + nl + vl + 2 <= sizeof meta->pass_buf) {
+        char *at = meta->pass_buf + meta->pass_used;
+        memcpy(at, name, nl + 1);
+        memcpy(at + nl + 1, value, vl + 1);
+        meta->pass_at[meta->n_pass++] = meta->pass_used;
+        meta->pass_used = (uint16_t)(meta->pass_used + nl + vl + 2);
     }
 }
 

@@ -253,6 +253,7 @@ int tg_chat_begin(struct tg_request *r)
     snprintf(r->le.request_id, sizeof r->le.request_id, "%s", r->request_id);
 
     r->client_json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
+    tg_buf_free(&r->body);   /* the parsed tree is the request from here on */
     if (!r->client_json) {
         tg_error_set(&r->error, 400, TG_SRC_CALLER, "invalid_request_error", NULL, "invalid_json",
                      "the request body is not valid JSON: %s (line %d, column %d)", jerr.text,

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -15,6 +16,7 @@
 #include "engine.h"
 #include "gateway.h"
 #include "json_util.h"
+#include "memtrim.h"
 #include "server.h"
 #include "worker.h"
 #include "workpool.h"
@@ -185,9 +187,15 @@ int tg_cli_serve(int argc, char **argv)
         tg_warn("cannot write the port file %s", port_file);
 
     int sig = 0;
+    const struct timespec tick = {.tv_sec = 1};
     for (;;) {
-        if (sigwait(&sigs, &sig) != 0)
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig < 0) {
+            /* once a second: hand back what a past burst freed, when most of the heap is free */
+            if (errno == EAGAIN && tg_mem_trim_idle((size_t)8 << 20))
+                tg_debug("returned free heap memory to the kernel");
             continue;
+        }
         if (sig != SIGHUP)
             break;
         /* SIGHUP: reload the price book; requests in flight keep the one they started with */

@@ -177,7 +177,11 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 8192L);   /* SSE events are small; idle streams add up */
+    /* Per-transfer buffers, times thousands of open streams: SSE events are small, and the
+     * upload buffer (64 KiB by default, allocated because the body comes from a read
+     * callback) only ever holds our JSON body, so both go to their minimum useful size. */
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, r->stream ? 4096L : 16384L);
+    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->pc->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, r->stream ? c->pc->stream_timeout_ms
                                                       : c->pc->timeout_ms);

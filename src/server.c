@@ -96,7 +96,8 @@ static enum MHD_Result queue_json(struct MHD_Connection *conn, unsigned status, 
     if (r && status == 429 && r->limits.retry_after_s < 0) {
         /* the provider's rate-limit view, so clients can back off correctly */
         for (size_t i = 0; i < r->meta.n_pass; i++)
-            MHD_add_response_header(resp, r->meta.pass_name[i], r->meta.pass_value[i]);
+            MHD_add_response_header(resp, tg_meta_pass_name(&r->meta, i),
+                                    tg_meta_pass_value(&r->meta, i));
     } else if (r && r->key) {
         add_key_limits(resp, &r->limits);
     }
@@ -186,7 +187,7 @@ static void stream_free(void *cls) { tg_request_unref(cls); }
 static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_request *r)
 {
     struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4 * 1024, stream_reader, r, stream_free);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, stream_reader, r, stream_free);
     if (!resp)
         return MHD_NO;
     tg_request_ref(r);   /* the response's reference, dropped by stream_free */
@@ -439,7 +440,7 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
         /* per-connection pool: headers and small bodies; a stream costs this times 5,000 */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)8192,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
         MHD_OPTION_END);
     freeaddrinfo(ai);

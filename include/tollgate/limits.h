@@ -28,5 +28,10 @@
 #define TG_HEALTH_MAX_ENTRIES 4096u
 /* Rate-limit headers kept from an upstream 429. */
 #define TG_MAX_PASSTHROUGH_HEADERS 16u
+/* ...whose names are shorter than 64 bytes, values than 128, and all of them together
+ * (with a terminator each) fit in this many bytes */
+#define TG_PASSTHROUGH_NAME_MAX 64u
+#define TG_PASSTHROUGH_VALUE_MAX 128u
+#define TG_PASSTHROUGH_BYTES 1024u
 
 #endif

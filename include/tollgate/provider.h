@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <jansson.h>
 #include "tollgate/limits.h"
 #include "tollgate/status.h"
@@ -69,9 +70,24 @@ struct tg_upstream_meta {
     char request_id[TG_ID_MAX];     /* x-request-id or similar */
     long retry_after_s;             /* -1 = none */
     size_t n_pass;                  /* headers passed back to the client on 429 */
-    char pass_name[TG_MAX_PASSTHROUGH_HEADERS][64];
-    char pass_value[TG_MAX_PASSTHROUGH_HEADERS][128];
+    /* Their "name\0value\0" pairs, packed (a request carries this struct, and thousands of
+     * open streams carry thousands of them); pass_at[i] is pair i's offset, not a pointer,
+     * so the struct may be copied. Read them with tg_meta_pass_name/value. */
+    uint16_t pass_at[TG_MAX_PASSTHROUGH_HEADERS];
+    uint16_t pass_used;
+    char pass_buf[TG_PASSTHROUGH_BYTES];
 };
+
+static inline const char *tg_meta_pass_name(const struct tg_upstream_meta *m, size_t i)
+{
+    return m->pass_buf + m->pass_at[i];
+}
+
+static inline const char *tg_meta_pass_value(const struct tg_upstream_meta *m, size_t i)
+{
+    const char *name = tg_meta_pass_name(m, i);
+    return name + strlen(name) + 1;
+}
 
 struct tg_provider_ops {
     /* Rewrite the outgoing body in place (model already set to the provider's id,

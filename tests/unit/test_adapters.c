@@ -800,8 +800,8 @@ static void init_meta(struct tg_upstream_meta *m)
 static const char *pass_value(const struct tg_upstream_meta *m, const char *name)
 {
     for (size_t i = 0; i < m->n_pass; i++)
-        if (strcmp(m->pass_name[i], name) == 0)
-            return m->pass_value[i];
+        if (strcmp(tg_meta_pass_name(m, i), name) == 0)
+            return tg_meta_pass_value(m, i);
     return NULL;
 }
 
@@ -866,6 +866,21 @@ static void test_on_header(void **state)
     big[sizeof big - 1] = '\0';
     pc.impl->ops->on_header(&pc, "x-ratelimit-remaining-tokens", big, &m);
     assert_int_equal(m.n_pass, 0);
+    /* long pairs stop at the byte budget, each kept whole */
+    init_meta(&m);
+    char val[100];
+    memset(val, 'v', sizeof val - 1);
+    val[sizeof val - 1] = '\0';
+    for (int i = 0; i < 16; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "x-ratelimit-%048d", i);
+        pc.impl->ops->on_header(&pc, name, val, &m);
+    }
+    assert_int_equal(m.n_pass, TG_PASSTHROUGH_BYTES / (61 + 1 + 99 + 1));
+    for (size_t i = 0; i < m.n_pass; i++) {
+        assert_int_equal(strlen(tg_meta_pass_name(&m, i)), 60);
+        assert_string_equal(tg_meta_pass_value(&m, i), val);
+    }
 }
 
 static void test_together_prepare_body(void **state)

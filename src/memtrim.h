@@ -1,0 +1,14 @@
+/* memtrim.h: give heap memory back to the kernel once a burst of load is over. Private to
+ * libtollgate. */
+#ifndef TOLLGATE_MEMTRIM_H
+#define TOLLGATE_MEMTRIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* If at least min_free bytes of the heap are free and the free part is at least as large
+ * as the part in use, return the free pages to the kernel. Cheap to call every second;
+ * true if it trimmed. A no-op (false) where the C library offers no way to do it. */
+bool tg_mem_trim_idle(size_t min_free);
+
+#endif
