@@ -191,8 +191,8 @@ int tg_cli_serve(int argc, char **argv)
     for (;;) {
         sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig < 0) {
-            /* once a second: hand back what a past burst freed, when most of the heap is free */
-            if (errno == EAGAIN && tg_mem_trim_idle((size_t)8 << 20))
+            /* once a second: hand back heap pages a past burst freed (2 MiB or more) */
+            if (errno == EAGAIN && tg_mem_trim_idle((size_t)2 << 20))
                 tg_debug("returned free heap memory to the kernel");
             continue;
         }

@@ -6,9 +6,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* If at least min_free bytes of the heap are free and the free part is at least as large
- * as the part in use, return the free pages to the kernel. Cheap to call every second;
- * true if it trimmed. A no-op (false) where the C library offers no way to do it. */
+/* If at least min_free bytes of the heap are free, return the free pages to the kernel.
+ * Cheap to call every second; true if it trimmed. A no-op (false) where the C library
+ * offers no way to do it. */
 bool tg_mem_trim_idle(size_t min_free);
 
 #endif
