@@ -46,7 +46,10 @@ static int build_attempt(struct tg_request *r)
     int rc = TG_ERR_NOMEM;
     char *auth = NULL;
     bool inline_imgs = (c->pc->impl->flags & TG_PROV_INLINE_IMAGES) && r->client_json_inline;
-    json_t *body = json_deep_copy(inline_imgs ? r->client_json_inline : r->client_json);
+    /* A shallow copy: the top-level keys are ours to change, the values (messages and all)
+     * stay shared with the client's tree, which later attempts start from again. A long
+     * conversation is not copied once per attempt. */
+    json_t *body = json_copy(inline_imgs ? r->client_json_inline : r->client_json);
     if (!body)
         goto out;
     json_object_del(body, "provider");
@@ -54,10 +57,8 @@ static int build_attempt(struct tg_request *r)
     if (r->stream) {
         /* always ask for usage; the client sees a usage chunk only if it asked */
         json_t *so = json_object_get(body, "stream_options");
-        if (!json_is_object(so)) {
-            so = json_object();
-            json_object_set_new(body, "stream_options", so);
-        }
+        so = json_is_object(so) ? json_copy(so) : json_object();
+        json_object_set_new(body, "stream_options", so);
         json_object_set_new(so, "include_usage", json_true());
     }
     if ((rc = c->pc->impl->ops->prepare_body(c->pc, body, r->stream)) != TG_OK)
@@ -178,7 +179,9 @@ static void answer_error(struct tg_request *r)
 }
 
 /* Reserve a row for a new attempt on r->plan.c[r->cand]; its acknowledgement starts the
- * transfer after r->next_delay_ms. Any thread. */
+ * transfer after r->next_delay_ms. Any thread but the engine's: when the ledger is idle
+ * the reserve is committed right here (tg_ledger_insert_eager), which at low load saves
+ * the hand-off to the ledger writer and back. */
 static void start_attempt(struct tg_request *r)
 {
     reset_attempt(r);
@@ -195,7 +198,7 @@ static void start_attempt(struct tg_request *r)
     tg_request_set_state(r, TG_RS_ROUTED);
     pthread_mutex_unlock(&r->mu);
     tg_request_ref(r);   /* the ledger operation's reference */
-    if (tg_ledger_insert(r->gw->ledger, &r->le, on_reserved, r) != TG_OK) {
+    if (tg_ledger_insert_eager(r->gw->ledger, &r->le, on_reserved, r) != TG_OK) {
         tg_request_unref(r);
         tg_error_set(&r->error, 503, TG_SRC_GATEWAY, "service_unavailable", NULL,
                      "ledger_unavailable", "the ledger is overloaded; retry shortly");
@@ -335,7 +338,8 @@ sync_error:
 
 /* ---- ledger acknowledgements (ledger thread) --------------------------------------- */
 
-static void settle(struct tg_request *r);
+static void settle(struct tg_request *r, bool eager);
+static bool defer_settle(struct tg_request *r);
 
 static void on_reserved(void *ud, int st, int64_t row_id)
 {
@@ -773,17 +777,52 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
                          relayed && e->ttfb_us > 0 ? e->duration_us - e->ttfb_us : e->duration_us,
                          e->completion_tokens > 0 ? e->completion_tokens : 0);
     plan_next(r, fault);
-    settle(r);
+    if (!defer_settle(r))
+        settle(r, false);
 }
 
-static void settle(struct tg_request *r)
+/* Engine thread, a final non-streaming answer whose client waits, and the ledger idle:
+ * leave the settlement to the client's HTTP thread (tg_chat_run_deferred), which commits
+ * it itself and answers at once. That is engine -> HTTP, where settling here would be
+ * engine -> ledger writer -> HTTP; and the engine never waits on a commit. */
+static bool defer_settle(struct tg_request *r)
+{
+    if (r->stream || r->next_action != NEXT_FINISH || !tg_ledger_idle(r->gw->ledger))
+        return false;
+    pthread_mutex_lock(&r->mu);
+    bool deferred = r->suspended && !r->client_gone;
+    if (deferred) {
+        tg_request_set_state(r, TG_RS_SETTLING);
+        r->settle_deferred = true;
+        tg_request_wake_locked(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return deferred;
+}
+
+void tg_chat_run_deferred(struct tg_request *r)
 {
     pthread_mutex_lock(&r->mu);
-    tg_request_set_state(r, TG_RS_SETTLING);
+    bool mine = r->settle_deferred;
+    r->settle_deferred = false;
+    pthread_mutex_unlock(&r->mu);
+    if (mine)
+        settle(r, true);
+}
+
+/* Queue (or with eager, perhaps commit right here) the attempt's final row. */
+static void settle(struct tg_request *r, bool eager)
+{
+    pthread_mutex_lock(&r->mu);
+    if (r->state != TG_RS_SETTLING)   /* a deferred settlement is SETTLING already */
+        tg_request_set_state(r, TG_RS_SETTLING);
     pthread_mutex_unlock(&r->mu);
     tg_request_ref(r);   /* the settle operation's reference */
-    int st = r->row_id > 0 ? tg_ledger_settle(r->gw->ledger, r->row_id, &r->le, on_settled, r)
-                           : tg_ledger_insert(r->gw->ledger, &r->le, on_settled, r);
+    struct tg_ledger *lg = r->gw->ledger;
+    int st = r->row_id > 0
+                 ? (eager ? tg_ledger_settle_eager : tg_ledger_settle)(lg, r->row_id, &r->le,
+                                                                      on_settled, r)
+                 : (eager ? tg_ledger_insert_eager : tg_ledger_insert)(lg, &r->le, on_settled, r);
     if (st != TG_OK)
         on_settled(r, st, 0);
 }
@@ -792,6 +831,16 @@ static void settle(struct tg_request *r)
 
 void tg_chat_client_done(struct tg_request *r, bool ok)
 {
+    pthread_mutex_lock(&r->mu);
+    /* the connection ended before its HTTP thread ran a settlement left to it (shutdown):
+     * settle here, flagged, since the answer never reached the client */
+    bool deferred = r->settle_deferred;
+    r->settle_deferred = false;
+    if (deferred && !ok)
+        r->le.client_disconnected = true;
+    pthread_mutex_unlock(&r->mu);
+    if (deferred)
+        settle(r, false);
     pthread_mutex_lock(&r->mu);
     r->client_gone = true;
     enum tg_req_state s = r->state;

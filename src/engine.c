@@ -26,6 +26,10 @@
 
 enum op_kind { OP_START, OP_CANCEL, OP_UNPAUSE };
 
+/* Easy handles kept for reuse: enough for the concurrency of a busy non-streaming load; a
+ * burst of thousands of streams frees the rest. */
+#define ENGINE_SPARE_HANDLES 128u
+
 struct op {
     enum op_kind kind;
     struct tg_request *r;   /* holds a reference */
@@ -46,7 +50,35 @@ struct tg_engine {
     long long timer_due_us;      /* libcurl's next timeout (monotonic), 0 = none */
     long long next_sweep_us;     /* next check of our own deadlines */
     struct op *delayed;          /* engine thread only: starts waiting for their time, by due */
+    /* engine thread only: finished easy handles, reset and kept for the next transfers
+     * (a new handle costs a 5 KiB zeroed allocation and its buffers, per request) */
+    CURL *spare[ENGINE_SPARE_HANDLES];
+    unsigned n_spare;
 };
+
+static CURL *handle_get(struct tg_engine *e)
+{
+    if (e->n_spare == 0)
+        return curl_easy_init();
+    CURL *h = e->spare[--e->n_spare];
+    curl_easy_reset(h);   /* every option back to its default: nothing leaks between requests */
+    return h;
+}
+
+/* Keep h for reuse, or free it if enough are kept already. */
+static void handle_put(struct tg_engine *e, CURL *h)
+{
+    if (e->n_spare < ENGINE_SPARE_HANDLES)
+        e->spare[e->n_spare++] = h;
+    else
+        curl_easy_cleanup(h);
+}
+
+static void handles_free(struct tg_engine *e)
+{
+    while (e->n_spare > 0)
+        curl_easy_cleanup(e->spare[--e->n_spare]);
+}
 
 static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r, int64_t delay_ms)
 {
@@ -152,7 +184,7 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, true);
         return;
     }
-    CURL *h = curl_easy_init();
+    CURL *h = handle_get(e);
     if (!h) {
         tg_chat_on_done(r, CURLE_OUT_OF_MEMORY, false);
         return;
@@ -195,7 +227,7 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     pthread_mutex_unlock(&r->mu);
     if (curl_multi_add_handle(e->multi, h) != CURLM_OK) {
         r->easy = NULL;
-        curl_easy_cleanup(h);
+        handle_put(e, h);
         tg_chat_on_done(r, CURLE_FAILED_INIT, false);
         return;
     }
@@ -213,7 +245,7 @@ static void finish_transfer(struct tg_engine *e, struct tg_request *r, CURLcode 
 {
     CURL *h = r->easy;
     curl_multi_remove_handle(e->multi, h);
-    curl_easy_cleanup(h);
+    handle_put(e, h);
     r->easy = NULL;
     atomic_fetch_sub(&e->active, 1);
     if (r->eng_prev)
@@ -463,6 +495,7 @@ void tg_engine_free(struct tg_engine *e)
         /* already signalled */
     }
     pthread_join(e->thread, NULL);
+    handles_free(e);
     curl_multi_cleanup(e->multi);
     close(e->epfd);
     close(e->evfd);

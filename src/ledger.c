@@ -1,7 +1,9 @@
 /* ledger.c: the metering ledger's queue and writer thread. Producers queue insert, settle
  * and mark operations; one writer thread group-commits them (src/ledger_store.c does the
- * SQL, the chain and the rollup) and acknowledges each once durable. Only the writer
- * touches the connection after open; this file never computes a price. */
+ * SQL, the chain and the rollup) and acknowledges each once durable. An eager operation
+ * submitted while the ledger is idle is written by its submitter instead, so the
+ * connection is used by one thread at a time: whoever set `busy`. This file never
+ * computes a price. */
 #include "tollgate/ledger.h"
 #include "json_util.h"
 
@@ -17,6 +19,11 @@
 #include "tollgate/log.h"
 
 #define DEFAULT_MAX_BATCH 512u
+
+/* Eager operations are written by their submitter only while transactions stay this small:
+ * larger batches mean load, where one queued commit for many operations costs less than a
+ * commit of one on each submitter's thread. */
+#define EAGER_MAX_BATCH 2u
 
 enum op_kind { OP_INSERT, OP_SETTLE, OP_MARK_DISCONNECTED };
 
@@ -53,6 +60,8 @@ struct tg_ledger {
     uint64_t commits;
     bool closing;
     bool paused;
+    bool busy;                     /* a transaction is being written (writer or eager op) */
+    unsigned last_batch;           /* operations in the last transaction */
 
     /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
      * writer's commits never stall behind a checkpoint's fsync. */
@@ -149,13 +158,42 @@ static bool write_batch(struct tg_ledger *lg, struct op *batch)
     return true;
 }
 
+/* Write batch (n operations, the last one numbered last_seq) in one transaction, run each
+ * acknowledgement and free the operations, then hand the connection back. The caller set
+ * lg->busy and does not hold mu. */
+static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64_t last_seq)
+{
+    const struct tg_ledger *outer = writer_of;
+    writer_of = lg;   /* acks run as the writer: they may queue, a flush must not wait */
+    bool committed = write_batch(lg, batch);
+    for (struct op *op = batch, *next; op; op = next) {
+        next = op->next;
+        if (op->cb)
+            op->cb(op->ud, op->st, op->st == TG_OK ? op->row_id : 0);
+        free(op);
+    }
+    writer_of = outer;
+
+    pthread_mutex_lock(&lg->mu);
+    if (committed)
+        lg->commits++;
+    lg->pending -= n;
+    lg->done_seq = last_seq;
+    lg->last_batch = n;
+    lg->busy = false;
+    pthread_cond_broadcast(&lg->done);
+    if (lg->head || lg->closing)
+        pthread_cond_signal(&lg->work);   /* the writer waited for the connection */
+    pthread_mutex_unlock(&lg->mu);
+}
+
 static void *writer_main(void *arg)
 {
     struct tg_ledger *lg = arg;
     writer_of = lg;
     pthread_mutex_lock(&lg->mu);
     for (;;) {
-        while (!lg->closing && (!lg->head || lg->paused))
+        while (lg->busy || (!lg->closing && (!lg->head || lg->paused)))
             pthread_cond_wait(&lg->work, &lg->mu);
         if (!lg->head)
             break;   /* closing and drained */
@@ -169,23 +207,10 @@ static void *writer_main(void *arg)
         if (!lg->head)
             lg->tail = NULL;
         last->next = NULL;
-        uint64_t last_seq = last->seq;
+        lg->busy = true;
         pthread_mutex_unlock(&lg->mu);
-
-        bool committed = write_batch(lg, batch);
-        for (struct op *op = batch, *next; op; op = next) {
-            next = op->next;
-            if (op->cb)
-                op->cb(op->ud, op->st, op->st == TG_OK ? op->row_id : 0);
-            free(op);
-        }
-
+        run_batch(lg, batch, n, last->seq);
         pthread_mutex_lock(&lg->mu);
-        if (committed)
-            lg->commits++;
-        lg->pending -= n;
-        lg->done_seq = last_seq;
-        pthread_cond_broadcast(&lg->done);
     }
     pthread_mutex_unlock(&lg->mu);
     return NULL;
@@ -289,9 +314,19 @@ void tg_ledger_close(struct tg_ledger *lg)
     ledger_destroy(lg);
 }
 
-static int enqueue(struct tg_ledger *lg, struct op *op)
+/* Nothing queued or being written, and no load lately: an eager operation may be written
+ * by its submitter. mu held. */
+static bool eager_ok(const struct tg_ledger *lg)
+{
+    return !lg->head && !lg->busy && !lg->paused && !lg->closing &&
+           lg->last_batch <= EAGER_MAX_BATCH;
+}
+
+/* Queue op, or with eager and an idle ledger, write it on this thread now. */
+static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
 {
     int st = TG_OK;
+    bool here = false;
     pthread_mutex_lock(&lg->mu);
     if (lg->closing && writer_of != lg) {
         st = TG_ERR_STATE;
@@ -299,18 +334,36 @@ static int enqueue(struct tg_ledger *lg, struct op *op)
         st = TG_ERR_LIMIT;
     } else {
         op->seq = ++lg->enq_seq;
-        if (lg->tail)
-            lg->tail->next = op;
-        else
-            lg->head = op;
-        lg->tail = op;
         lg->pending++;
-        pthread_cond_signal(&lg->work);
+        /* idle: nothing waits before op, so writing it here keeps the queue order */
+        here = eager && eager_ok(lg);
+        if (here) {
+            lg->busy = true;
+        } else {
+            if (lg->tail)
+                lg->tail->next = op;
+            else
+                lg->head = op;
+            lg->tail = op;
+            pthread_cond_signal(&lg->work);
+        }
     }
     pthread_mutex_unlock(&lg->mu);
     if (st != TG_OK)
         free(op);
+    else if (here)
+        run_batch(lg, op, 1, op->seq);
     return st;
+}
+
+bool tg_ledger_idle(struct tg_ledger *lg)
+{
+    if (!lg)
+        return false;
+    pthread_mutex_lock(&lg->mu);
+    bool idle = eager_ok(lg);
+    pthread_mutex_unlock(&lg->mu);
+    return idle;
 }
 
 static bool entry_valid(const struct tg_ledger_entry *e)
@@ -343,19 +396,19 @@ static struct op *op_new(enum op_kind kind, const struct tg_ledger_entry *e,
     return op;
 }
 
-int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
-                     tg_ledger_ack_cb cb, void *ud)
+static int insert(struct tg_ledger *lg, const struct tg_ledger_entry *e, tg_ledger_ack_cb cb,
+                  void *ud, bool eager)
 {
     if (!lg || !e)
         return TG_ERR_STATE;
     if (!entry_valid(e) || e->request_id[0] == '\0')
         return TG_ERR_RANGE;
     struct op *op = op_new(OP_INSERT, e, cb, ud);
-    return op ? enqueue(lg, op) : TG_ERR_NOMEM;
+    return op ? enqueue(lg, op, eager) : TG_ERR_NOMEM;
 }
 
-int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
-                     tg_ledger_ack_cb cb, void *ud)
+static int settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
+                  tg_ledger_ack_cb cb, void *ud, bool eager)
 {
     if (!lg || !e)
         return TG_ERR_STATE;
@@ -365,7 +418,31 @@ int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledge
     if (!op)
         return TG_ERR_NOMEM;
     op->row_id = row_id;
-    return enqueue(lg, op);
+    return enqueue(lg, op, eager);
+}
+
+int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
+                     tg_ledger_ack_cb cb, void *ud)
+{
+    return insert(lg, e, cb, ud, false);
+}
+
+int tg_ledger_insert_eager(struct tg_ledger *lg, const struct tg_ledger_entry *e,
+                           tg_ledger_ack_cb cb, void *ud)
+{
+    return insert(lg, e, cb, ud, true);
+}
+
+int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
+                     tg_ledger_ack_cb cb, void *ud)
+{
+    return settle(lg, row_id, e, cb, ud, false);
+}
+
+int tg_ledger_settle_eager(struct tg_ledger *lg, int64_t row_id,
+                           const struct tg_ledger_entry *e, tg_ledger_ack_cb cb, void *ud)
+{
+    return settle(lg, row_id, e, cb, ud, true);
 }
 
 int tg_ledger_mark_disconnected(struct tg_ledger *lg, int64_t row_id)
@@ -378,7 +455,7 @@ int tg_ledger_mark_disconnected(struct tg_ledger *lg, int64_t row_id)
     if (!op)
         return TG_ERR_NOMEM;
     op->row_id = row_id;
-    return enqueue(lg, op);
+    return enqueue(lg, op, false);
 }
 
 void tg_ledger_flush(struct tg_ledger *lg)

@@ -14,12 +14,10 @@
 #define BUSY_TIMEOUT_MS 5000
 /* 2 MiB of page cache holds the pages a batch touches: every write lands at the tail of
  * the table and its indexes, or in the small rollup (8 MiB measured the same write rate
- * and cost 6 MB of RSS; 32 MiB grew the daemon to 80 MB in the load benchmark), and a 32 MiB WAL between checkpoints lets the pages every
- * batch touches (index tails, the rollup) be copied back once per checkpoint rather than
- * once per few batches. */
-/* The background checkpointer (ledger.c) keeps the WAL short; the writer checkpoints itself
- * only as a backstop, past 64 MiB. */
-#define WRITER_PRAGMAS "PRAGMA cache_size = -2048; PRAGMA wal_autocheckpoint = 16384"
+ * and cost 6 MB more RSS). The background checkpointer (ledger.c) keeps the WAL short; the
+ * writer checkpoints itself only as a backstop, past 65,536 pages (64 MiB of 1 KiB pages;
+ * 256 MiB for a ledger created with 4 KiB pages by an older tollgate). */
+#define WRITER_PRAGMAS "PRAGMA cache_size = -2048; PRAGMA wal_autocheckpoint = 65536"
 
 /* ---- schema ---------------------------------------------------------------------------- */
 
@@ -229,6 +227,11 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     sqlite3_busy_timeout(st->db, BUSY_TIMEOUT_MS);
 
     char mode[32];
+    /* 1 KiB pages for a new ledger (an existing one keeps its own): a commit rewrites one
+     * page per table or index it touches (about five), so small pages mean a quarter of
+     * the WAL traffic of 4 KiB ones, shorter checkpoints and fewer stalls behind their
+     * fsync (1-connection p99 latency in bench/: about 4 ms -> 1.8 ms). */
+    sqlite3_exec(st->db, "PRAGMA page_size = 1024", NULL, NULL, NULL);
     rc = query_text(st->db, "PRAGMA journal_mode = WAL", mode, sizeof mode);
     if (rc != SQLITE_OK) {
         tg_set_err(err, errlen, "ledger: cannot open %s: %s", path, sqlite3_errmsg(st->db));

@@ -60,8 +60,11 @@ static const char rollup_sql[] =
     " reference_cost_nano = reference_cost_nano + excluded.reference_cost_nano,"
     " referenced_cost_nano = referenced_cost_nano + excluded.referenced_cost_nano";
 
+/* An upsert, not INSERT OR REPLACE: updating the value in place leaves meta's key index
+ * alone, one page fewer in every commit that moves the chain. */
 static const char save_head_sql[] =
-    "INSERT OR REPLACE INTO meta (key, value) VALUES ('chain_seq', ?1), ('chain_head', ?2)";
+    "INSERT INTO meta (key, value) VALUES ('chain_seq', ?1), ('chain_head', ?2)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /* ---- row values ------------------------------------------------------------------------ */
 

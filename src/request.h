@@ -112,6 +112,7 @@ struct tg_request {
     bool suspended;                /* we suspended conn and owe it a resume */
     bool client_gone;              /* the client side ended (completed callback) */
     bool response_queued;          /* the HTTP thread queued a response */
+    bool settle_deferred;          /* the engine left the final settlement to the HTTP thread */
     bool unpause_wanted;
     /* streaming output */
     struct tg_buf out;             /* bytes for the client not yet consumed */

@@ -206,6 +206,7 @@ static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_reque
 static enum MHD_Result chat_answer(struct MHD_Connection *conn, struct tg_request *r)
 {
     enum MHD_Result ret = MHD_YES;
+    tg_chat_run_deferred(r);
     pthread_mutex_lock(&r->mu);
     if (r->response_queued) {
         /* already answered */

@@ -91,7 +91,9 @@ static inline const char *tg_meta_pass_value(const struct tg_upstream_meta *m, s
 
 struct tg_provider_ops {
     /* Rewrite the outgoing body in place (model already set to the provider's id,
-     * tollgate's own fields removed, include_usage set for streams). */
+     * tollgate's own fields removed, include_usage set for streams). body is a shallow
+     * copy of the client's request: set or delete its top-level keys freely, but replace a
+     * nested value rather than change it (it is shared with the client's tree). */
     int (*prepare_body)(const struct tg_provider_conf *pc, json_t *body, bool stream);
     /* Turn a 2xx non-streaming body into a spec-valid chat.completion in place of *resp
      * (may replace it: the old value is released); fill usage and upstream id. */

@@ -534,6 +534,116 @@ static void test_group_commit(void **state)
     tg_ledger_close(lg);
 }
 
+/* An acknowledgement and the thread it ran on. */
+struct tack {
+    int calls;
+    int st;
+    int64_t row_id;
+    pthread_t thread;
+    struct tg_ledger *lg;     /* nested: queue this eager insert from inside the ack */
+    struct tack *nested;
+};
+
+static void record_tack(void *ud, int st, int64_t row_id)
+{
+    struct tack *a = ud;
+    a->calls++;
+    a->st = st;
+    a->row_id = row_id;
+    a->thread = pthread_self();
+    if (a->nested) {
+        struct tg_ledger_entry e;
+        entry(&e, "nested");
+        assert_int_equal(tg_ledger_insert_eager(a->lg, &e, record_tack, a->nested), TG_OK);
+        /* the connection is this ack's transaction's: queued, never written re-entrantly */
+        assert_int_equal(a->nested->calls, 0);
+    }
+}
+
+static void test_eager(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    struct tg_ledger_entry e;
+    pthread_t me = pthread_self();
+
+    /* idle: written on this thread, acknowledged before the call returns */
+    assert_true(tg_ledger_idle(lg));
+    uint64_t before = tg_ledger_test_commits(lg);
+    struct tack a = {0};
+    entry(&e, "eager-1");
+    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &a), TG_OK);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.st, TG_OK);
+    assert_true(pthread_equal(a.thread, me));
+    assert_int_equal(tg_ledger_test_commits(lg) - before, 1);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id = 'eager-1'"
+                               " AND status = 'reserved'"), 1);
+    struct tack s = {0};
+    e.status = TG_ROW_BILLED;
+    e.prompt_tokens = 3;
+    e.completion_tokens = 4;
+    assert_int_equal(tg_ledger_settle_eager(lg, a.row_id, &e, record_tack, &s), TG_OK);
+    assert_int_equal(s.calls, 1);
+    assert_true(pthread_equal(s.thread, me));
+    char buf[32];
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT status FROM requests WHERE id = %lld", (long long)a.row_id);
+    assert_string_equal(q_text(db, sql, buf, sizeof buf), "billed");
+
+    /* something queued first: the eager operation waits its turn behind it */
+    tg_ledger_test_pause(lg, true);
+    assert_false(tg_ledger_idle(lg));
+    struct tack q1 = {0}, q2 = {0};
+    entry(&e, "queued-1");
+    assert_int_equal(tg_ledger_insert(lg, &e, record_tack, &q1), TG_OK);
+    entry(&e, "queued-2");
+    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &q2), TG_OK);
+    assert_int_equal(q1.calls + q2.calls, 0);
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    assert_int_equal(q1.calls, 1);
+    assert_int_equal(q2.calls, 1);
+    assert_false(pthread_equal(q2.thread, me));   /* the writer wrote it */
+    assert_int_equal(q2.row_id, q1.row_id + 1);   /* in queue order */
+
+    /* the last transaction held two: still light load, eager again */
+    assert_true(tg_ledger_idle(lg));
+    /* a batch of five means load: eager operations queue until batches shrink */
+    tg_ledger_test_pause(lg, true);
+    for (int i = 0; i < 5; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "load-%d", i);
+        entry(&e, rid);
+        assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
+    }
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    assert_false(tg_ledger_idle(lg));
+    struct tack l = {0};
+    entry(&e, "after-load");
+    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &l), TG_OK);
+    tg_ledger_flush(lg);
+    assert_int_equal(l.calls, 1);
+    assert_false(pthread_equal(l.thread, me));
+    assert_true(tg_ledger_idle(lg));   /* that one was alone in its transaction */
+
+    /* an eager call from inside an eager acknowledgement is queued, not nested */
+    struct tack inner = {0}, outer = {.lg = lg, .nested = &inner};
+    entry(&e, "outer");
+    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &outer), TG_OK);
+    assert_int_equal(outer.calls, 1);
+    assert_true(pthread_equal(outer.thread, me));
+    tg_ledger_flush(lg);
+    assert_int_equal(inner.calls, 1);
+    assert_int_equal(inner.st, TG_OK);
+    assert_int_equal(inner.row_id, outer.row_id + 1);
+    sqlite3_close(db);
+
+    tg_ledger_close(lg);
+}
+
 static void test_crash_sweep(void **state)
 {
     struct fixture *f = *state;
@@ -1561,6 +1671,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_settle_missing_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_inserts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_eager, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_sweep_after_exit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_limit, setup, teardown),
