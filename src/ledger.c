@@ -8,6 +8,7 @@
 #include "json_util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,12 @@
  * larger batches mean load, where one queued commit for many operations costs less than a
  * commit of one on each submitter's thread. */
 #define EAGER_MAX_BATCH 2u
+
+/* The checkpointer copies the WAL back once it holds this many frames (1 MiB of 1 KiB
+ * pages); the writer checkpoints itself only past WAL_BACKSTOP_FRAMES, should the
+ * checkpointer fall behind or be missing. */
+#define CKPT_MIN_FRAMES 1024
+#define WAL_BACKSTOP_FRAMES 65536
 
 enum op_kind { OP_INSERT, OP_SETTLE, OP_MARK_DISCONNECTED };
 
@@ -64,7 +71,12 @@ struct tg_ledger {
     unsigned last_batch;           /* operations in the last transaction */
 
     /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
-     * writer's commits never stall behind a checkpoint's fsync. */
+     * writer's commits never stall behind a checkpoint's fsync. It runs only once the WAL
+     * holds CKPT_MIN_FRAMES: the first commit after a complete checkpoint starts the WAL
+     * over, and that commit pays an fdatasync of the WAL header, so at a trickle of
+     * requests a checkpoint every 250 ms would put that sync in front of one commit in
+     * a handful. */
+    atomic_int wal_frames;         /* frames in the WAL after the writer's last commit */
     sqlite3 *ckpt_db;
     pthread_t checkpointer;
     bool ckpt_started;
@@ -233,6 +245,8 @@ static void *checkpoint_main(void *arg)
         pthread_cond_timedwait(&lg->ckpt_cv, &lg->mu, &ts);
         if (lg->closing)
             break;
+        if (atomic_load(&lg->wal_frames) < CKPT_MIN_FRAMES)
+            continue;
         pthread_mutex_unlock(&lg->mu);
         /* PASSIVE: copies what no reader still needs, never waits, never blocks the writer */
         sqlite3_wal_checkpoint_v2(lg->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
@@ -240,6 +254,17 @@ static void *checkpoint_main(void *arg)
     }
     pthread_mutex_unlock(&lg->mu);
     return NULL;
+}
+
+/* SQLite, on the writer's connection after each commit (in place of its auto-checkpoint):
+ * publish the WAL's size for the checkpointer; checkpoint here only as the backstop. */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct tg_ledger *lg = arg;
+    atomic_store(&lg->wal_frames, frames);
+    if (frames >= WAL_BACKSTOP_FRAMES)
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
 }
 
 static void ledger_destroy(struct tg_ledger *lg)
@@ -272,6 +297,7 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
 
     if (tg_store_open(&lg->store, path, opts && opts->synchronous_full, err, errlen) != TG_OK)
         goto fail;
+    sqlite3_wal_hook(lg->store.db, on_wal_commit, lg);
     if (lg->store.interrupted_at_open > 0)
         tg_warn("ledger: %s: %lld reservation(s) left by a crash marked interrupted",
                 path, (long long)lg->store.interrupted_at_open);
