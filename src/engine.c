@@ -28,7 +28,7 @@ enum op_kind { OP_START, OP_CANCEL, OP_UNPAUSE };
 
 /* Easy handles kept for reuse: enough for the concurrency of a busy non-streaming load; a
  * burst of thousands of streams frees the rest. */
-#define ENGINE_SPARE_HANDLES 128u
+#define ENGINE_SPARE_HANDLES 16u
 
 struct op {
     enum op_kind kind;

@@ -3,8 +3,12 @@
  * glibc keeps what thousands of finished streams freed in its per-thread arenas, so the
  * RSS of a gateway stays at its all-time peak. malloc_trim(0) gives whole free pages back
  * (madvise); a page reused later costs one page fault, so once a second (from the
- * signal-waiting main thread, never on a request path) is cheap even under load. */
+ * signal-waiting main thread, never on a request path) is cheap even under load. Free
+ * chunks stay free chunks after a trim, so the free total alone would ask for a trim
+ * every second: one is made only when that total moved since the last. */
 #include "memtrim.h"
+
+#include <stdlib.h>   /* first: defines __GLIBC__ where it applies */
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -13,10 +17,14 @@
 bool tg_mem_trim_idle(size_t min_free)
 {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    static size_t free_at_trim;   /* one caller thread (memtrim.h) */
     struct mallinfo2 mi = mallinfo2();
-    /* fordblks: free bytes inside the arenas; uordblks: bytes in use */
-    if (mi.fordblks < min_free)
+    /* fordblks: free bytes inside the arenas */
+    size_t moved = mi.fordblks > free_at_trim ? mi.fordblks - free_at_trim
+                                              : free_at_trim - mi.fordblks;
+    if (mi.fordblks < min_free || moved < min_free / 2)
         return false;
+    free_at_trim = mi.fordblks;
     return malloc_trim(0) == 1;
 #else
     (void)min_free;
