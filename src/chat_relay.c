@@ -97,8 +97,16 @@ static int on_sse_event(void *ud, const char *event, const char *data, size_t le
     int rc = c->pc->impl->ops->translate_chunk(c->pc, &chunk, &r->st);
     if (rc == TG_OK) {
         pthread_mutex_lock(&r->mu);
+        bool first = !r->stream_started;
         tg_chat_emit_json_locked(r, chunk);
         pthread_mutex_unlock(&r->mu);
+        if (first) {
+            /* Bytes reached the client, so this attempt is the last (plan_next): the
+             * request body is never built again, and an open stream need not hold it. */
+            json_decref(r->client_json);
+            json_decref(r->client_json_inline);
+            r->client_json = r->client_json_inline = NULL;
+        }
     }
     json_decref(chunk);
     if (r->st.error)

@@ -2,10 +2,10 @@
  *
  * glibc keeps what thousands of finished streams freed in its per-thread arenas, so the
  * RSS of a gateway stays at its all-time peak. malloc_trim(0) gives whole free pages back
- * (madvise); a page reused later costs one page fault, so once a second (from the
- * signal-waiting main thread, never on a request path) is cheap even under load. Free
- * chunks stay free chunks after a trim, so the free total alone would ask for a trim
- * every second: one is made only when that total moved since the last. */
+ * (madvise). The main thread asks once a second (never a request path); a trim is made
+ * only after a burst: when a third or more of the heap is free. Free chunks stay free
+ * chunks after a trim, so the free total alone would ask for one every second: another is
+ * made only when that total moved since the last. */
 #include "memtrim.h"
 
 #include <stdlib.h>   /* first: defines __GLIBC__ where it applies */
@@ -22,7 +22,10 @@ bool tg_mem_trim_idle(size_t min_free)
     /* fordblks: free bytes inside the arenas */
     size_t moved = mi.fordblks > free_at_trim ? mi.fordblks - free_at_trim
                                               : free_at_trim - mi.fordblks;
-    if (mi.fordblks < min_free || moved < min_free / 2)
+    /* and a third of the heap free: a burst is over, not a steady load's churn (a trim
+     * holds each arena's lock while it walks it, and every page it gives back costs a
+     * fault when reused) */
+    if (mi.fordblks < min_free || mi.fordblks < mi.uordblks / 2 || moved < min_free / 2)
         return false;
     free_at_trim = mi.fordblks;
     return malloc_trim(0) == 1;

@@ -52,7 +52,8 @@ struct tg_request {
 
     /* --- HTTP thread only (until the request is handed to the engine) --- */
     struct tg_buf body;            /* client body */
-    json_t *client_json;           /* parsed client body */
+    json_t *client_json;           /* parsed client body; dropped (engine thread) once a
+                                      stream's first chunk is relayed: no attempt follows */
 
     /* --- set before the hand-off, read-only afterwards --- */
     char request_id[TG_ID_MAX];

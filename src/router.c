@@ -55,9 +55,9 @@ static int add_candidate(struct tg_route_plan *plan, const struct tg_provider_co
     struct tg_candidate *c = &plan->c[plan->n];
     c->pc = pc;
     c->offer = offer;
-    if (snprintf(c->upstream_model, sizeof c->upstream_model, "%s", upstream_model) >=
-        (int)sizeof c->upstream_model)
+    if (strlen(upstream_model) >= TG_MODEL_MAX)
         return TG_ERR_LIMIT;
+    c->upstream_model = upstream_model;
     plan->n++;
     return TG_OK;
 }

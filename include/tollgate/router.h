@@ -22,7 +22,11 @@ struct tg_candidate {
     const struct tg_provider_conf *pc;   /* borrowed from the config */
     const struct tg_offer *offer;        /* borrowed from the catalog; NULL: native id unknown
                                             to the catalog (price unknown) */
-    char upstream_model[TG_MODEL_MAX];
+    /* the provider's id for the model: the catalog offer's (borrowed like offer) or, for a
+     * native id the catalog does not know, the plan's own model_out. So a plan is built in
+     * place and never copied. (A pointer, not a copy: a request holds a plan of 16
+     * candidates, and thousands of open streams hold thousands of plans.) */
+    const char *upstream_model;
 };
 
 struct tg_route_plan {
