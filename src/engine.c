@@ -333,8 +333,17 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         ev.events |= EPOLLIN;
     if (what & CURL_POLL_OUT)
         ev.events |= EPOLLOUT;
-    if (epoll_ctl(e->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
-        epoll_ctl(e->epfd, EPOLL_CTL_ADD, s, &ev);
+    /* socketp marks a socket already in our epoll set (libcurl forgets it at REMOVE): one
+     * epoll_ctl per change, not a failing MOD before each ADD */
+    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(e->epfd, op, s, &ev) != 0) {
+        if (errno == EEXIST)
+            epoll_ctl(e->epfd, EPOLL_CTL_MOD, s, &ev);
+        else if (errno == ENOENT)
+            epoll_ctl(e->epfd, EPOLL_CTL_ADD, s, &ev);
+    }
+    if (!socketp)
+        curl_multi_assign(e->multi, s, e);
     return 0;
 }
 
