@@ -790,7 +790,7 @@ static bool defer_settle(struct tg_request *r)
     if (r->stream || r->next_action != NEXT_FINISH || !tg_ledger_idle(r->gw->ledger))
         return false;
     pthread_mutex_lock(&r->mu);
-    bool deferred = r->suspended && !r->client_gone;
+    bool deferred = r->suspended && !r->client_gone && !r->client_left;
     if (deferred) {
         tg_request_set_state(r, TG_RS_SETTLING);
         r->settle_deferred = true;
