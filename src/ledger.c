@@ -27,7 +27,8 @@
 #define EAGER_MAX_BATCH 2u
 
 /* The checkpointer copies the WAL back once it holds this many frames (1 MiB of 1 KiB
- * pages); the writer checkpoints itself only past WAL_BACKSTOP_FRAMES, should the
+ * pages); the writer checkpoints itself only past WAL_BACKSTOP_FRAMES (64 MiB of 1 KiB
+ * pages; 256 MiB for a ledger created with 4 KiB pages by an older tollgate), should the
  * checkpointer fall behind or be missing. */
 #define CKPT_MIN_FRAMES 1024
 /* Small, frequent checkpoints: each one's fsync (and the writer's WAL-restart sync after

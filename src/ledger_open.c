@@ -14,12 +14,10 @@
 #define BUSY_TIMEOUT_MS 5000
 /* 2 MiB of page cache holds the pages a batch touches: every write lands at the tail of
  * the table and its indexes, or in the small rollup (8 MiB measured the same write rate
- * and cost 6 MB more RSS). The background checkpointer (ledger.c) keeps the WAL short; the
- * writer checkpoints itself only as a backstop, past 65,536 pages (64 MiB of 1 KiB pages;
- * 256 MiB for a ledger created with 4 KiB pages by an older tollgate). tg_ledger_open
- * replaces this auto-checkpoint with its own WAL hook, the same backstop plus the pacing
- * of the checkpointer. */
-#define WRITER_PRAGMAS "PRAGMA cache_size = -2048; PRAGMA wal_autocheckpoint = 65536"
+ * and cost 6 MB more RSS). Checkpoints are ledger.c's: its WAL hook on this connection
+ * replaces SQLite's auto-checkpoint (a background checkpointer, and the writer itself
+ * only as a backstop). */
+#define WRITER_PRAGMAS "PRAGMA cache_size = -2048"
 
 /* ---- schema ---------------------------------------------------------------------------- */
 

@@ -47,27 +47,31 @@ static void add_tollgate_headers(struct MHD_Response *resp, const struct tg_requ
     }
 }
 
+/* One window's x-ratelimit-{limit,remaining,reset}-<what> headers, if it has a limit. */
+static void add_limit_headers(struct MHD_Response *resp, const char *what, int64_t limit,
+                              int64_t remaining, int64_t reset_s)
+{
+    if (limit <= 0)
+        return;
+    char name[48], b[32];
+    snprintf(name, sizeof name, "x-ratelimit-limit-%s", what);
+    snprintf(b, sizeof b, "%lld", (long long)limit);
+    MHD_add_response_header(resp, name, b);
+    snprintf(name, sizeof name, "x-ratelimit-remaining-%s", what);
+    snprintf(b, sizeof b, "%lld", (long long)remaining);
+    MHD_add_response_header(resp, name, b);
+    snprintf(name, sizeof name, "x-ratelimit-reset-%s", what);
+    snprintf(b, sizeof b, "%llds", (long long)reset_s);
+    MHD_add_response_header(resp, name, b);
+}
+
 /* The caller's own key limits (OpenAI's header names), and Retry-After when they refused. */
 static void add_key_limits(struct MHD_Response *resp, const struct tg_limits_view *v)
 {
-    char b[32];
-    if (v->req_limit > 0) {
-        snprintf(b, sizeof b, "%lld", (long long)v->req_limit);
-        MHD_add_response_header(resp, "x-ratelimit-limit-requests", b);
-        snprintf(b, sizeof b, "%lld", (long long)v->req_remaining);
-        MHD_add_response_header(resp, "x-ratelimit-remaining-requests", b);
-        snprintf(b, sizeof b, "%llds", (long long)v->req_reset_s);
-        MHD_add_response_header(resp, "x-ratelimit-reset-requests", b);
-    }
-    if (v->tok_limit > 0) {
-        snprintf(b, sizeof b, "%lld", (long long)v->tok_limit);
-        MHD_add_response_header(resp, "x-ratelimit-limit-tokens", b);
-        snprintf(b, sizeof b, "%lld", (long long)v->tok_remaining);
-        MHD_add_response_header(resp, "x-ratelimit-remaining-tokens", b);
-        snprintf(b, sizeof b, "%llds", (long long)v->tok_reset_s);
-        MHD_add_response_header(resp, "x-ratelimit-reset-tokens", b);
-    }
+    add_limit_headers(resp, "requests", v->req_limit, v->req_remaining, v->req_reset_s);
+    add_limit_headers(resp, "tokens", v->tok_limit, v->tok_remaining, v->tok_reset_s);
     if (v->retry_after_s >= 0) {
+        char b[32];
         snprintf(b, sizeof b, "%ld", v->retry_after_s);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, b);
     }
