@@ -100,6 +100,7 @@ int tg_cli_serve(int argc, char **argv)
         *dst = argv[++i];
     }
 
+    tg_mem_tune();   /* before any allocation of note, and before any thread */
     gw = calloc(1, sizeof *gw);
     if (!gw)
         return 1;

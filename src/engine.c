@@ -133,14 +133,21 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
     return tg_chat_on_header(ud, buf, size * n);
 }
 
-static size_t on_read(char *buf, size_t size, size_t n, void *ud)
+/* libcurl is about to send the request, on a new or a reused connection. A second time in
+ * one attempt means a reused keep-alive connection died before answering and libcurl wants
+ * to send the POST again on a fresh one: the provider may have received (and may bill) the
+ * first, so the attempt fails instead, and the retry is ours: counted, backed off and on
+ * the ledger (one attempt, one provider request, one ledger row). */
+static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
+                     int local_port)
 {
+    (void)remote_ip, (void)local_ip, (void)remote_port, (void)local_port;
     struct tg_request *r = ud;
-    size_t left = r->up_body_len - r->up_sent, max = size * n;
-    size_t k = left < max ? left : max;
-    memcpy(buf, r->up_body + r->up_sent, k);
-    r->up_sent += k;
-    return k;
+    if (++r->up_sends > 1) {
+        r->resend_refused = true;
+        return CURL_PREREQFUNC_ABORT;
+    }
+    return CURL_PREREQFUNC_OK;
 }
 
 static size_t on_write(char *buf, size_t size, size_t n, void *ud)
@@ -192,14 +199,13 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     const struct tg_candidate *c = &r->plan.c[r->cand];
     curl_easy_setopt(h, CURLOPT_URL, r->up_url);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
-    /* The body comes from a read callback with no seek callback on purpose: when a reused
-     * keep-alive connection dies before any answer, libcurl would quietly send the POST a
-     * second time (one attempt, two provider requests, one ledger row). Unable to rewind,
-     * it fails instead, and the retry is ours: counted, backed off and on the ledger. */
-    r->up_sent = 0;
-    curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
-    curl_easy_setopt(h, CURLOPT_READDATA, r);
+    /* The body is sent from our buffer (not copied), in the same packet as the headers. */
+    r->up_sends = 0;
+    r->resend_refused = false;
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->up_body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body_len);
+    curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(h, CURLOPT_PREREQDATA, r);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->up_headers);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
@@ -209,11 +215,8 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    /* Per-transfer buffers, times thousands of open streams: SSE events are small, and the
-     * upload buffer (64 KiB by default, allocated because the body comes from a read
-     * callback) only ever holds our JSON body, so both go to their minimum useful size. */
+    /* A per-transfer buffer, times thousands of open streams: SSE events are small. */
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, r->stream ? 4096L : 16384L);
-    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->pc->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, r->stream ? c->pc->stream_timeout_ms
                                                       : c->pc->timeout_ms);

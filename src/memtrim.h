@@ -12,4 +12,9 @@
  * where the C library offers no way to do it (or under AddressSanitizer's allocator). */
 bool tg_mem_trim_idle(size_t min_free);
 
+/* Call once at start-up, before any thread: stop the C library from giving heap tops back
+ * (and faulting them in again) on every free under load; tg_mem_trim_idle does that job,
+ * after the load. A no-op where the C library has no such knobs. */
+void tg_mem_tune(void);
+
 #endif

@@ -30,7 +30,7 @@ static void assert_refused(const char *s, int want_rc)
     int64_t got = SENTINEL;
     int rc = tg_usd_parse(s, &got);
     if (rc != want_rc)
-        fail_msg("tg_usd_parse(\"%s\") = %d, want %d", s, rc, want_rc);
+        fail_msg("tg_usd_parse(\"%s\") = %d, want %d", s ? s : "(null)", rc, want_rc);
     assert_int_equal(got, SENTINEL);
 }
 
