@@ -12,6 +12,7 @@
 #include "chat.h"
 #include "json_util.h"
 #include "request.h"
+#include "stream_direct.h"
 #include "tollgate/log.h"
 
 /* Append bytes for the streaming client and wake its connection. r->mu held. */
@@ -28,7 +29,12 @@ void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj)
     char *s = json_dumps(obj, JSON_COMPACT);
     if (!s)
         return;
-    if (tg_chat_emit_locked(r, "data: ", 6) != TG_OK || tg_chat_emit_locked(r, s, strlen(s)) != TG_OK ||
+    size_t len = strlen(s);
+    if (tg_stream_direct_locked(r, s, len)) {
+        free(s);
+        return;
+    }
+    if (tg_chat_emit_locked(r, "data: ", 6) != TG_OK || tg_chat_emit_locked(r, s, len) != TG_OK ||
         tg_chat_emit_locked(r, "\n\n", 2) != TG_OK)
         tg_warn("request %s: stream buffer append failed", r->request_id);
     free(s);
@@ -133,6 +139,8 @@ size_t tg_chat_on_data(struct tg_request *r, const char *buf, size_t n)
         return CURL_WRITEFUNC_PAUSE;
     }
     int rc = tg_sse_feed(&r->sse, buf, n, on_sse_event, r);
+    if (r->client_left)
+        return 0;   /* the client stopped taking its stream (stream_direct.c): end it */
     if (rc != TG_OK) {
         if (!r->st.error)
             r->st.error = tg_error_object(rc == TG_ERR_LIMIT

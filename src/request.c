@@ -154,5 +154,6 @@ void tg_request_wake_locked(struct tg_request *r)
     if (!r->suspended)
         return;
     r->suspended = false;
+    r->parked = false;
     MHD_resume_connection(r->conn);
 }

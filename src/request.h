@@ -112,6 +112,9 @@ struct tg_request {
     int client_fd;                 /* the client's socket, for liveness peeks; -1 unknown */
     bool client_left;              /* a liveness peek found the client gone */
     bool suspended;                /* we suspended conn and owe it a resume */
+    bool parked;                   /* suspended inside a streaming body with every byte sent:
+                                      the engine may write whole chunks to client_fd itself */
+    bool http11;                   /* the client spoke HTTP/1.1: a stream is sent chunked */
     bool client_gone;              /* the client side ended (completed callback) */
     bool response_queued;          /* the HTTP thread queued a response */
     bool settle_deferred;          /* the engine left the final settlement to the HTTP thread */

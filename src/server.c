@@ -176,7 +176,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     } else if (r->out_eof) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
+        /* everything so far is on the socket: until we are resumed, the engine may write
+         * whole chunks itself (chat_relay.c) */
         tg_request_sleep_locked(r);
+        r->parked = r->suspended;
         n = 0;
     }
     pthread_mutex_unlock(&r->mu);
@@ -292,6 +295,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_NO;
             else
                 new_request_id(ctx->r->request_id, sizeof ctx->r->request_id);
+            if (ctx->r)
+                ctx->r->http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
             if (ctx->r && gw->keys) {
                 /* authenticate before reading the body: a stranger's upload is not read */
                 const char *authz = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
