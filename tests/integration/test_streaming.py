@@ -2,6 +2,8 @@
 shape, [DONE], the usage chunk, incremental delivery, and streams that fail midway."""
 
 import json
+import socket
+import time
 import unittest
 
 import harness as H
@@ -218,6 +220,130 @@ class Streaming(H.GatewayTestCase):
         res = self.stream("groq", "truncated", True)
         self.assertEqual(res.status, 200)
         self.assertTrue(self.gw.healthy())
+
+
+
+class Wire(H.GatewayTestCase):
+    """The stream on the wire, byte for byte. Once a paced stream's connection is parked, the
+    engine writes its chunks to the socket itself (src/stream_direct.c): the framing must be
+    exact HTTP/1.1 chunked encoding, interleaved correctly with what libmicrohttpd writes
+    (the headers, the first chunk, the end), and the connection must stay usable."""
+
+    def send(self, s, body, version="HTTP/1.1", extra=b""):
+        data = json.dumps(body).encode()
+        s.sendall(b"POST /v1/chat/completions %s\r\nHost: 127.0.0.1\r\n"
+                  b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n%s\r\n%s"
+                  % (version.encode(), (self.gw.api_key or "").encode(), len(data), extra,
+                     data))
+
+    @staticmethod
+    def read_until(s, buf, pred, deadline):
+        while not pred(buf):
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out; got %r" % (buf[-400:],))
+            piece = s.recv(65536)
+            if not piece:
+                break
+            buf += piece
+        return buf
+
+    def read_head(self, s, buf, deadline):
+        buf = self.read_until(s, buf, lambda b: b"\r\n\r\n" in b, deadline)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        hdrs = {}
+        for line in lines[1:]:
+            k, v = line.split(":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+        return lines[0], hdrs, rest
+
+    def read_chunked(self, s, buf, deadline):
+        """Strict chunked decoding: the chunks (each must be whole SSE events) and what
+        follows the terminating chunk."""
+        chunks = []
+        while True:
+            buf = self.read_until(s, buf, lambda b: b"\r\n" in b, deadline)
+            size_line, buf = buf.split(b"\r\n", 1)
+            self.assertRegex(size_line, rb"^[0-9a-fA-F]+$", "bad chunk-size line")
+            size = int(size_line, 16)
+            buf = self.read_until(s, buf, lambda b: len(b) >= size + 2, deadline)
+            data, crlf, buf = buf[:size], buf[size:size + 2], buf[size + 2:]
+            self.assertEqual(crlf, b"\r\n", "chunk %d not followed by CRLF" % len(chunks))
+            if size == 0:
+                return chunks, buf
+            chunks.append(data)
+
+    def events_of(self, payload):
+        self.assertTrue(payload.endswith(b"\n\n"), payload[-200:])
+        return [e[len(b"data: "):].decode() for e in payload.split(b"\n\n")[:-1]]
+
+    def test_chunked_framing_then_keep_alive(self):
+        n, ms = 6, 60
+        s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=15)
+        try:
+            deadline = time.monotonic() + 15
+            self.send(s, H.chat_body(text=H.nonce("wire"), scenario="paced-%d-%d" % (n, ms),
+                                     provider="groq", stream=True, include_usage=True))
+            status, hdrs, buf = self.read_head(s, b"", deadline)
+            self.assertIn(" 200 ", status + " ")
+            self.assertEqual(hdrs.get("transfer-encoding"), "chunked", hdrs)
+            self.assertNotIn("content-length", hdrs)
+            chunks, rest = self.read_chunked(s, buf, deadline)
+            self.assertEqual(rest, b"", "bytes after the terminating chunk")
+            events = [e for c in chunks for e in self.events_of(c)]
+            self.assertEqual(events[-1], "[DONE]")
+            docs = [json.loads(e) for e in events[:-1]]
+            toks = [ch["delta"]["content"] for d in docs for ch in d["choices"]
+                    if (ch.get("delta") or {}).get("content", "").startswith("tok")]
+            self.assertEqual(toks, ["tok%d " % i for i in range(1, n + 1)])
+            # paced tokens arrive one per chunk (never two events glued by a buffer)
+            tok_chunks = [c for c in chunks if b'"tok' in c]
+            self.assertEqual(len(tok_chunks), n, chunks)
+            self.assertIsNotNone(docs[-1].get("usage"), docs[-1])
+
+            # the same connection serves the next request: libmicrohttpd's view of the
+            # response matched what went on the wire
+            self.send(s, H.chat_body(text=H.nonce("wire2"), provider="groq"))
+            status, hdrs, buf = self.read_head(s, b"", deadline)
+            self.assertIn(" 200 ", status + " ")
+            if hdrs.get("transfer-encoding") == "chunked":
+                chunks, _ = self.read_chunked(s, buf, deadline)
+                body = b"".join(chunks)
+            else:
+                length = int(hdrs["content-length"])
+                body = self.read_until(s, buf, lambda b: len(b) >= length, deadline)[:length]
+            self.assertEqual(json.loads(body)["object"], "chat.completion")
+        finally:
+            s.close()
+
+    def test_http10_stream_is_not_chunked(self):
+        # HTTP/1.0 has no chunked encoding: the body runs to the connection's close, and no
+        # chunk framing may leak into it
+        n, ms = 4, 60
+        s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=15)
+        try:
+            deadline = time.monotonic() + 15
+            self.send(s, H.chat_body(text=H.nonce("w10"), scenario="paced-%d-%d" % (n, ms),
+                                     provider="together", stream=True), version="HTTP/1.0")
+            status, hdrs, buf = self.read_head(s, b"", deadline)
+            self.assertIn(" 200 ", status + " ")
+            self.assertNotEqual(hdrs.get("transfer-encoding"), "chunked", hdrs)
+            while True:
+                if time.monotonic() > deadline:
+                    self.fail("HTTP/1.0 stream not closed")
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                buf += piece
+            events = self.events_of(buf)
+            self.assertEqual(events[-1], "[DONE]")
+            toks = [ch["delta"]["content"] for e in events[:-1]
+                    for ch in json.loads(e)["choices"]
+                    if (ch.get("delta") or {}).get("content", "").startswith("tok")]
+            self.assertEqual(toks, ["tok%d " % i for i in range(1, n + 1)])
+        finally:
+            s.close()
 
 
 if __name__ == "__main__":
