@@ -351,6 +351,32 @@ for (const provider of PROVIDERS) {
   });
 }
 
+// A paced stream: after the first chunk, the gateway's engine writes each chunk to the socket
+// itself (src/stream_direct.c). The SDK's own HTTP and SSE parsing must see the same stream,
+// token by token and as it is produced.
+test('paced stream (chunks written by the engine) through the SDK', T, async () => {
+  const n = 5, ms = 60;
+  const stream = await client().chat.completions.create({
+    model: `${MODEL}:groq`, stream: true, stream_options: { include_usage: true },
+    messages: [{ role: 'user', content: `Stream please. mock:paced-${n}-${ms}` }],
+  });
+  const toks = [];
+  const times = [];
+  let usage = null;
+  for await (const ch of stream) {
+    assert.equal(ch.object, 'chat.completion.chunk');
+    if (ch.usage) usage = ch.usage;
+    for (const c of ch.choices) {
+      const t = c.delta?.content ?? '';
+      if (t.startsWith('tok')) { toks.push(t); times.push(performance.now()); }
+    }
+  }
+  assert.deepEqual(toks, Array.from({ length: n }, (_, i) => `tok${i + 1} `));
+  assert.ok(times.at(-1) - times[0] > (n - 1) * ms * 0.5,
+    `tokens arrived together (${Math.round(times.at(-1) - times[0])} ms apart), not as produced`);
+  assert.ok(usage && usage.completion_tokens > 0, `usage chunk: ${JSON.stringify(usage)}`);
+});
+
 test('Together stream: finish_reason is "stop", never Together\'s "eos"', T, async () => {
   const stream = await client().chat.completions.create({
     model: MODEL, provider: 'together', messages: MSG, stream: true,
