@@ -10,8 +10,8 @@
  * libmicrohttpd frames it (HTTP/1.1 chunked encoding), and leave the connection parked.
  *
  * Anything unusual goes the normal way, buffered for libmicrohttpd: the first chunk (it
- * carries the response headers), a client that has not yet taken the previous bytes (a
- * non-empty send queue: libmicrohttpd then applies back-pressure), large events, HTTP/1.0
+ * carries the response headers), a client that is behind (more in the send queue than a
+ * small chunk or two: libmicrohttpd then applies back-pressure), large events, HTTP/1.0
  * clients (no chunked encoding), and the end of the stream (libmicrohttpd writes the last
  * chunk). Ordering holds because a direct write is made only when nothing is buffered. */
 #include "stream_direct.h"
@@ -28,12 +28,19 @@
 #include "request.h"
 #include "tollgate/log.h"
 
-/* An event this small always fits an empty send queue (the smallest default send buffer is
- * 16 KiB, and the kernel counts some overhead per packet). */
+/* The send queue may hold this many bytes (sent, not yet acknowledged) and a chunk this big
+ * still goes directly. A client's delayed ACK (up to 40 ms) keeps the previous chunk counted
+ * although the client has read it: with an empty-queue rule, half the chunks of a stream
+ * paced 10 ms apart went the slow way. The worst case, many small unacknowledged packets
+ * (about 1 KiB of send-buffer memory each) plus this chunk, stays well inside the smallest
+ * send buffer TCP autotunes a connection to (about 46 KB on Ethernet; megabytes on
+ * loopback), so the chunk is taken whole. A client that stops reading fills its window,
+ * then this queue, and from then on is left to libmicrohttpd's back-pressure. */
+#define DIRECT_MAX_QUEUED 2048
 #define DIRECT_MAX_CHUNK 4096
 
-/* A partial write into an empty send queue means kernel memory pressure: wait this long, in
- * total, for the rest to go before giving the client up. */
+/* A partial write into a nearly empty send queue means kernel memory pressure: wait this
+ * long, in total, for the rest to go before giving the client up. */
 #define DIRECT_FINISH_MS 1000
 
 /* Send what is left of iov[0..n) after the first done bytes; false if it could not go. */
@@ -77,7 +84,7 @@ bool tg_stream_direct_locked(struct tg_request *r, const char *json, size_t len)
     if (hl <= 0 || (size_t)hl + len + 4 > DIRECT_MAX_CHUNK)
         return false;
     int queued = 0;
-    if (ioctl(r->client_fd, SIOCOUTQ, &queued) != 0 || queued != 0)
+    if (ioctl(r->client_fd, SIOCOUTQ, &queued) != 0 || queued > DIRECT_MAX_QUEUED)
         return false;
     static const char tail[] = "\n\n\r\n";
     struct iovec iov[3] = {{head, (size_t)hl}, {(void *)json, len}, {(void *)tail, 4}};

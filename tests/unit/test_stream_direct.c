@@ -127,13 +127,20 @@ static void test_bytes_buffered_first(void **state)
 static void test_client_behind(void **state)
 {
     struct fixture *f = *state;
-    /* the client has not read the previous chunk yet: back-pressure is libmicrohttpd's */
+    char buf[4096];
+    /* a chunk or two not yet acknowledged (a delayed ACK) still goes directly */
     assert_true(tg_stream_direct_locked(f->r, "{}", 2));
+    assert_true(tg_stream_direct_locked(f->r, "{}", 2));
+    /* a client that is behind: its back-pressure is libmicrohttpd's */
+    memset(buf, 'x', 3000);
+    assert_int_equal(send(f->r->client_fd, buf, 3000, 0), 3000);
     if (tg_stream_direct_locked(f->r, "{}", 2))
-        fail_msg("wrote directly into a non-empty send queue");
-    char buf[64];
-    drain(f->peer, buf, sizeof buf);
-    assert_string_equal(buf, "a\r\ndata: {}\n\n\r\n");   /* exactly one chunk */
+        fail_msg("wrote directly into a send queue of 3 KB the client has not taken");
+    size_t got = drain(f->peer, buf, sizeof buf);
+    assert_int_equal(got, 2 * 15 + 3000);   /* two chunks, the 3000 bytes, nothing else */
+    assert_memory_equal(buf, "a\r\ndata: {}\n\n\r\na\r\ndata: {}\n\n\r\n", 30);
+    /* once it has caught up, directly again */
+    assert_true(tg_stream_direct_locked(f->r, "{}", 2));
 }
 
 static void test_large_event(void **state)
