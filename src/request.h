@@ -110,7 +110,7 @@ struct tg_request {
     enum tg_req_state state;
     struct MHD_Connection *conn;
     int client_fd;                 /* the client's socket, for liveness peeks; -1 unknown */
-    bool client_left;              /* a liveness peek found the client gone */
+    bool client_left;              /* a liveness peek (or a direct write) found the client gone */
     bool suspended;                /* we suspended conn and owe it a resume */
     bool parked;                   /* suspended inside a streaming body with every byte sent:
                                       the engine may write whole chunks to client_fd itself */

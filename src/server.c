@@ -177,7 +177,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
         /* everything so far is on the socket: until we are resumed, the engine may write
-         * whole chunks itself (chat_relay.c) */
+         * whole chunks itself (stream_direct.c) */
         tg_request_sleep_locked(r);
         r->parked = r->suspended;
         n = 0;
