@@ -317,6 +317,45 @@ class Wire(H.GatewayTestCase):
         finally:
             s.close()
 
+    def test_slow_reader_gets_every_chunk_in_order(self):
+        # A fast stream (20,000 chunks, about 5 MB, back to back) to a client that stops
+        # reading for a while: direct writes must give way to libmicrohttpd's buffering and
+        # back-pressure once the socket backs up, and take over again when it drains,
+        # without losing, repeating or reordering a byte; meanwhile the gateway serves others.
+        n = 20000
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(30)
+        s.connect(("127.0.0.1", self.gw.port))
+        try:
+            deadline = time.monotonic() + 60
+            self.send(s, H.chat_body(text=H.nonce("slow"), scenario="paced-%d-0" % n,
+                                     provider="fireworks", stream=True))
+            status, hdrs, buf = self.read_head(s, b"", deadline)
+            self.assertIn(" 200 ", status + " ")
+            # while this client reads nothing, other requests (which need the same engine
+            # thread) are served at once: nothing waits for the slow socket
+            time.sleep(0.3)
+            for _ in range(3):
+                t0 = time.monotonic()
+                other = self.gw.chat(H.chat_body(text=H.nonce("other"), provider="groq"),
+                                     timeout=5)
+                self.assertEqual(other.status, 200)
+                self.assertLess(time.monotonic() - t0, 0.4, "a slow client stalled others")
+                time.sleep(0.2)
+            chunks, rest = self.read_chunked(s, buf, deadline)
+            self.assertEqual(rest, b"")
+            # libmicrohttpd's chunks need not end on event boundaries: join, then split
+            events = self.events_of(b"".join(chunks))
+            self.assertEqual(events[-1], "[DONE]")
+            toks = [ch["delta"]["content"] for e in events[:-1]
+                    for ch in json.loads(e)["choices"]
+                    if (ch.get("delta") or {}).get("content", "").startswith("tok")]
+            self.assertEqual(len(toks), n)
+            self.assertEqual(toks, ["tok%d " % i for i in range(1, n + 1)])
+        finally:
+            s.close()
+
     def test_http10_stream_is_not_chunked(self):
         # HTTP/1.0 has no chunked encoding: the body runs to the connection's close, and no
         # chunk framing may leak into it
