@@ -5,13 +5,9 @@
  * never talks to anything but its own clients. See README.md for every flag.
  */
 #include "fake_llama.h"
+#include "test_http.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,9 +37,7 @@ enum route {
 /* Per HTTP request; freed by on_completed. */
 struct request {
     enum route route;
-    char *body;
-    size_t len, cap;
-    bool too_large;
+    struct th_body body;
     struct fake_chat_result chat;   /* what the chat handler did (for --exit-after) */
     bool chat_handled;
 };
@@ -209,7 +203,7 @@ static enum MHD_Result dispatch(struct MHD_Connection *c, struct request *rq, co
         return fake_send_error(c, 401, "authentication_error", "Invalid API Key");
     if (!fake && !models && !atomic_load(&fake_loaded))
         return fake_send_error(c, 503, "unavailable_error", "Loading model");
-    if (rq->too_large)
+    if (rq->body.too_large)
         return fake_send_error(c, 413, "invalid_request_error", "Payload Too Large");
 
     switch (rq->route) {
@@ -234,8 +228,8 @@ static enum MHD_Result dispatch(struct MHD_Connection *c, struct request *rq, co
         const union MHD_ConnectionInfo *info =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         rq->chat_handled = true;
-        return fake_chat_handle(c, info ? info->connect_fd : -1, rq->body ? rq->body : "",
-                                rq->len, &rq->chat);
+        return fake_chat_handle(c, info ? info->connect_fd : -1, rq->body.data ? rq->body.data : "",
+                                rq->body.len, &rq->chat);
     }
     case ROUTE_FAKE_STATS:
         return fake_send_json(c, 200, fake_stats_json());
@@ -253,14 +247,8 @@ static enum MHD_Result dispatch(struct MHD_Connection *c, struct request *rq, co
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        const union MHD_ConnectionInfo *info =
-            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        int one = 1;
-        /* Small SSE writes must leave at once, not wait for Nagle. */
-        if (info)
-            (void)setsockopt(info->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        th_nodelay(c);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -273,7 +261,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
         return;
     bool chat = rq->chat_handled;
     struct fake_chat_result res = rq->chat;
-    free(rq->body);
+    th_body_free(&rq->body);
     free(rq);
     /* Last: with --exit-after this may never return. */
     if (chat)
@@ -295,28 +283,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *req_cls = rq;
         return MHD_YES;
     }
-    if (*upload_data_size > 0) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0;
-        if (rq->too_large || rq->len + n > FAKE_MAX_BODY) {
-            rq->too_large = true;   /* keep draining, answer 413 at the end */
-            return MHD_YES;
-        }
-        if (rq->len + n + 1 > rq->cap) {
-            size_t cap = rq->cap ? rq->cap : 4096;
-            while (cap < rq->len + n + 1)
-                cap *= 2;
-            char *b = realloc(rq->body, cap);
-            if (!b)
-                return MHD_NO;
-            rq->body = b;
-            rq->cap = cap;
-        }
-        memcpy(rq->body + rq->len, upload_data, n);
-        rq->len += n;
-        rq->body[rq->len] = '\0';
-        return MHD_YES;
-    }
+    if (*upload_data_size > 0)
+        return th_body_feed(&rq->body, upload_data, upload_data_size, FAKE_MAX_BODY);
     return dispatch(c, rq, url);
 }
 
@@ -336,37 +304,7 @@ static void usage(FILE *f)
 
 static bool parse_num(const char *flag, const char *s, long min, long max, long *out)
 {
-    char *end;
-
-    if (!s) {
-        fprintf(stderr, "fake-llama: %s needs a value\n", flag);
-        return false;
-    }
-    errno = 0;
-    *out = strtol(s, &end, 10);
-    if (*s < '0' || *s > '9' || *end != '\0' || errno || *out < min || *out > max) {
-        fprintf(stderr, "fake-llama: %s: '%s' is not a number in %ld..%ld\n", flag, s, min,
-                max);
-        return false;
-    }
-    return true;
-}
-
-/* Writes "@value\n" to @path through a temporary file and a rename, so a polling test never
- * reads half a number. */
-static bool write_number_file(const char *path, long value)
-{
-    char tmp[4096];
-    FILE *f;
-
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return false;
-    f = fopen(tmp, "w");
-    if (!f)
-        return false;
-    bool ok = fprintf(f, "%ld\n", value) > 0;
-    ok = (fclose(f) == 0) && ok;
-    return ok && rename(tmp, path) == 0;
+    return th_parse_num("fake-llama", flag, s, min, max, out);
 }
 
 static int parse_args(int argc, char **argv, long *port, const char **port_file,
@@ -472,40 +410,17 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* Stop signals are taken by sigwait: block them before MHD starts its threads so every
-     * thread inherits the mask. A dead client must not kill us with SIGPIPE. */
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    /* Thread per connection: a queued or generating request blocks only its own thread. */
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ITC;
-    d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL,
-                         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-                         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-                         MHD_OPTION_END);
-    if (!d) {
-        fprintf(stderr, "fake-llama: cannot listen on 127.0.0.1:%ld\n", port);
+    /* Stop signals are taken by sigwait. */
+    th_block_stop_signals(&stop_signals);
+    unsigned bound;
+    d = th_start_loopback("fake-llama", port, 0, on_request, on_completed, on_connection, &bound);
+    if (!d)
         goto out;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    unsigned bound = info ? info->port : 0;
-    if (bound == 0) {
-        fprintf(stderr, "fake-llama: cannot tell which port MHD bound\n");
-        goto out;
-    }
-    if (pid_file && !write_number_file(pid_file, (long)getpid())) {
+    if (pid_file && !th_write_number_file(pid_file, (long)getpid())) {
         fprintf(stderr, "fake-llama: cannot write pid file %s\n", pid_file);
         goto out;
     }
-    if (port_file && !write_number_file(port_file, (long)bound)) {
+    if (port_file && !th_write_number_file(port_file, (long)bound)) {
         fprintf(stderr, "fake-llama: cannot write port file %s\n", port_file);
         goto out;
     }

@@ -8,10 +8,8 @@
  *                    [--verbose]
  */
 #include "mock.h"
+#include "test_http.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,9 +36,7 @@ enum route {
 struct request {
     enum route route;
     const struct mock_provider *prov;
-    char *body;
-    size_t len, cap;
-    bool too_large;
+    struct th_body body;
 };
 
 /* Per TCP connection (MHD socket context); freed when MHD reports it closed. */
@@ -145,14 +141,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
                           enum MHD_ConnectionNotificationCode code)
 {
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        const union MHD_ConnectionInfo *info =
-            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        struct connection *conn = calloc(1, sizeof *conn);
-        int one = 1;
-        /* Small SSE writes must leave at once, not wait for Nagle. */
-        if (info)
-            (void)setsockopt(info->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        *socket_context = conn;
+        th_nodelay(c);
+        *socket_context = calloc(1, sizeof(struct connection));
         pthread_mutex_lock(&state.lock);
         state.accepted++;
         state.open++;
@@ -172,7 +162,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     struct request *rq = *req_cls;
 
     if (rq) {
-        free(rq->body);
+        th_body_free(&rq->body);
         free(rq);
     }
     *req_cls = NULL;
@@ -244,28 +234,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *req_cls = rq;
         return MHD_YES;
     }
-    if (*upload_data_size > 0) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0;
-        if (rq->too_large || rq->len + n > MOCK_MAX_BODY) {
-            rq->too_large = true;   /* keep draining, answer 413 at the end */
-            return MHD_YES;
-        }
-        if (rq->len + n + 1 > rq->cap) {
-            size_t cap = rq->cap ? rq->cap : 4096;
-            while (cap < rq->len + n + 1)
-                cap *= 2;
-            char *b = realloc(rq->body, cap);
-            if (!b)
-                return MHD_NO;
-            rq->body = b;
-            rq->cap = cap;
-        }
-        memcpy(rq->body + rq->len, upload_data, n);
-        rq->len += n;
-        rq->body[rq->len] = '\0';
-        return MHD_YES;
-    }
+    if (*upload_data_size > 0)
+        return th_body_feed(&rq->body, upload_data, upload_data_size, MOCK_MAX_BODY);
 
     /* The whole request is in. */
     switch (rq->route) {
@@ -277,9 +247,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             .prov = rq->prov,
             .conn = c,
             .fd = info ? info->connect_fd : -1,
-            .body = rq->body ? rq->body : "",
-            .body_len = rq->len,
-            .body_too_large = rq->too_large,
+            .body = rq->body.data ? rq->body.data : "",
+            .body_len = rq->body.len,
+            .body_too_large = rq->body.too_large,
         };
         count_provider_request(c);
         enum MHD_Result ret = rq->route == ROUTE_CHAT ? mock_chat_handle(&call)
@@ -318,35 +288,7 @@ static void usage(FILE *f)
 
 static bool parse_num(const char *flag, const char *s, long max, long *out)
 {
-    char *end;
-
-    if (!s) {
-        fprintf(stderr, "tg-mock-upstream: %s needs a value\n", flag);
-        return false;
-    }
-    *out = strtol(s, &end, 10);
-    if (*s < '0' || *s > '9' || *end != '\0' || *out > max) {
-        fprintf(stderr, "tg-mock-upstream: %s: '%s' is not a number in 0..%ld\n", flag, s,
-                max);
-        return false;
-    }
-    return true;
-}
-
-static bool write_port_file(const char *path, unsigned port)
-{
-    char tmp[4096];
-    FILE *f;
-
-    /* Written aside and renamed, so a polling test never reads half a number. */
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return false;
-    f = fopen(tmp, "w");
-    if (!f)
-        return false;
-    bool ok = fprintf(f, "%u\n", port) > 0;
-    ok = (fclose(f) == 0) && ok;
-    return ok && rename(tmp, path) == 0;
+    return th_parse_num("tg-mock-upstream", flag, s, 0, max, out);
 }
 
 int main(int argc, char **argv)
@@ -404,35 +346,14 @@ int main(int argc, char **argv)
         }
     }
 
-    /* Stop signals are taken by sigwait below: block them before MHD starts its threads so
-     * every thread inherits the mask. A dead client must not kill us with SIGPIPE. */
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ITC | (mock_opts.verbose ? MHD_USE_ERROR_LOG : 0);
-    d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL,
-                         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-                         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-                         MHD_OPTION_END);
-    if (!d) {
-        fprintf(stderr, "tg-mock-upstream: cannot listen on 127.0.0.1:%ld\n", port);
+    /* Stop signals are taken by sigwait below. */
+    th_block_stop_signals(&stop_signals);
+    unsigned bound;
+    d = th_start_loopback("tg-mock-upstream", port, mock_opts.verbose ? MHD_USE_ERROR_LOG : 0,
+                          on_request, on_completed, on_connection, &bound);
+    if (!d)
         goto out;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    unsigned bound = info ? info->port : 0;
-    if (bound == 0) {
-        fprintf(stderr, "tg-mock-upstream: cannot tell which port MHD bound\n");
-        goto out;
-    }
-    if (port_file && !write_port_file(port_file, bound)) {
+    if (port_file && !th_write_number_file(port_file, (long)bound)) {
         fprintf(stderr, "tg-mock-upstream: cannot write port file %s\n", port_file);
         goto out;
     }
