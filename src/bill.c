@@ -8,14 +8,12 @@
 
 #include <stdint.h>
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bill_internal.h"
 
 #define DAY_MS INT64_C(86400000)
-
 
 /* ---- the queries ----------------------------------------------------------------------- */
 
@@ -273,7 +271,7 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
         rc = bind_split(s, f, &p);
     if (rc != SQLITE_OK) {
         tg_set_err(err, errlen, "bill: %s is not a tollgate ledger: %s", path,
-                sqlite3_errmsg(db));
+                   sqlite3_errmsg(db));
         st = TG_ERR_PARSE;
         goto out;
     }
@@ -306,15 +304,15 @@ static int read_lines(sqlite3 *db, const char *path, struct tg_bill *b, char *er
             !column_sum(s, c + 10, &l->reference_cost_nano) ||
             !column_sum(s, c + 11, &l->referenced_cost_nano)) {
             tg_set_err(err, errlen, "bill: %s: a line (provider %s, model %s) has a non-integer"
-                    " token count, cost or reference cost", path,
-                    l->provider ? l->provider : "-", l->model ? l->model : "-");
+                       " token count, cost or reference cost", path,
+                       l->provider ? l->provider : "-", l->model ? l->model : "-");
             st = TG_ERR_PARSE;
             goto out;
         }
         st = add_line(&b->total, l);
         if (st != TG_OK) {
             tg_set_err(err, errlen, "bill: %s: the grand total exceeds 2^63 nano-USD or tokens",
-                    path);
+                       path);
             goto out;
         }
     }
@@ -411,8 +409,6 @@ static int key_subtotals(struct tg_bill *b)
     free(order);
     return st;
 }
-
-/* The file must be a tollgate ledger of a schema version we know. */
 
 /* Copy the caller's filter into the bill, defaults filled in. */
 static int adopt_filter(struct tg_bill *b, const struct tg_bill_filter *filter, char *err,
@@ -635,7 +631,7 @@ int tg_bill_filter_set(struct tg_bill_filter *f, const char *name, const char *v
         int64_t ms;
         if (tg_bill_time_parse(value, &ms) != TG_OK || ms <= 0) {
             tg_set_err(err, errlen, "%s must be a date (YYYY-MM-DD) or an RFC 3339 time after"
-                    " 1970, not \"%s\"", name, value);
+                       " 1970, not \"%s\"", name, value);
             return TG_ERR_PARSE;
         }
         if (name[0] == 'f')
@@ -667,7 +663,7 @@ int tg_bill_filter_set(struct tg_bill_filter *f, const char *name, const char *v
                 dim = i;
         if (dim < 0) {
             tg_set_err(err, errlen, "by: \"%.*s\" is not one of key, provider, model, day",
-                    (int)n, p);
+                       (int)n, p);
             return TG_ERR_PARSE;
         }
         for (unsigned i = 0; i < next.nby; i++) {

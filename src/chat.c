@@ -665,7 +665,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
             fail_with(r, 504, "timeout_error", "upstream_timeout",
                       "%s did not finish in time (limit %ld ms)", c->pc->name,
                       r->stream ? c->pc->stream_timeout_ms : c->pc->timeout_ms);
-        } else if (r->resend_refused) {
+        } else if (r->up_sends > 1) {
             /* a reused connection died before answering; libcurl may not resend (engine.c) */
             fault = TG_FAULT_BAD_RESPONSE;
             fail_with(r, 502, "upstream_error", "upstream_connection_closed",

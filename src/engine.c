@@ -143,11 +143,7 @@ static int on_prereq(void *ud, char *remote_ip, char *local_ip, int remote_port,
 {
     (void)remote_ip, (void)local_ip, (void)remote_port, (void)local_port;
     struct tg_request *r = ud;
-    if (++r->up_sends > 1) {
-        r->resend_refused = true;
-        return CURL_PREREQFUNC_ABORT;
-    }
-    return CURL_PREREQFUNC_OK;
+    return ++r->up_sends > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
 }
 
 static size_t on_write(char *buf, size_t size, size_t n, void *ud)
@@ -201,7 +197,6 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     /* The body is sent from our buffer (not copied), in the same packet as the headers. */
     r->up_sends = 0;
-    r->resend_refused = false;
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->up_body);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body_len);
     curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);

@@ -4,7 +4,6 @@
 #include "ledger_store.h"
 #include "json_util.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,7 +132,7 @@ static int prepare_schema(struct tg_ledger_store *st, const char *path, char *er
             goto sqlfail;
         if (strcmp(v, "0") != 0) {
             tg_set_err(err, errlen, "ledger: %s is a SQLite database but not a tollgate ledger"
-                    " (no meta table); refusing to modify it", path);
+                       " (no meta table); refusing to modify it", path);
             return TG_ERR_PARSE;
         }
     }
@@ -145,7 +144,7 @@ static int prepare_schema(struct tg_ledger_store *st, const char *path, char *er
         goto sqlfail;
     if (strcmp(v, TG_LEDGER_SCHEMA_VERSION) != 0) {
         tg_set_err(err, errlen, "ledger: %s has schema version '%s', this tollgate knows only "
-                "version " TG_LEDGER_SCHEMA_VERSION, path, v);
+                   "version " TG_LEDGER_SCHEMA_VERSION, path, v);
         return TG_ERR_PARSE;
     }
     return TG_OK;
@@ -187,7 +186,7 @@ static int load_head(struct tg_ledger_store *st, const char *path, char *err, si
         long long n = strtoll(seq, &end, 10);
         if (!seq[0] || *end || n < 0 || !tg_chain_unhex(hex, strlen(hex), st->head)) {
             tg_set_err(err, errlen, "ledger: %s: the chain head in meta is damaged (seq '%s',"
-                    " hash '%s'); run `tollgate ledger verify`", path, seq, hex);
+                       " hash '%s'); run `tollgate ledger verify`", path, seq, hex);
             return TG_ERR_PARSE;
         }
         st->head_seq = n;
@@ -221,7 +220,7 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
                              NULL);
     if (rc != SQLITE_OK) {
         tg_set_err(err, errlen, "ledger: cannot open %s: %s", path,
-                st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+                   st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
         return TG_ERR_IO;
     }
     sqlite3_busy_timeout(st->db, BUSY_TIMEOUT_MS);
@@ -268,8 +267,8 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
         result = tg_store_sweep(st);
         if (result != TG_OK)
             tg_set_err(err, errlen, "ledger: %s: cannot mark crashed reservations interrupted:"
-                    " %s", path, result == TG_ERR_NOMEM ? "out of memory"
-                                                        : sqlite3_errmsg(st->db));
+                       " %s", path, result == TG_ERR_NOMEM ? "out of memory"
+                                                           : sqlite3_errmsg(st->db));
     }
     /* commit stores the head the sweep moved */
     if (result == TG_OK && tg_store_commit(st) != TG_OK) {

@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,7 +360,7 @@ static int read_meta(struct walk *w, char *err, size_t errlen)
                                 " ('schema_version', 'chain_seq', 'chain_head')", -1, &s, NULL);
     if (rc != SQLITE_OK) {
         tg_set_err(err, errlen, "ledger: %s is not a tollgate ledger (%s)", w->path,
-                (rc & 0xff) == SQLITE_NOTADB ? "not a SQLite database" : sqlite3_errmsg(w->db));
+                   (rc & 0xff) == SQLITE_NOTADB ? "not a SQLite database" : sqlite3_errmsg(w->db));
         return (rc & 0xff) == SQLITE_ERROR || (rc & 0xff) == SQLITE_NOTADB ? TG_ERR_PARSE
                                                                            : TG_ERR_IO;
     }
@@ -380,7 +379,7 @@ static int read_meta(struct walk *w, char *err, size_t errlen)
     }
     if (strcmp(version, TG_LEDGER_SCHEMA_VERSION) != 0) {
         tg_set_err(err, errlen, "ledger: %s has schema version '%s'; this tollgate verifies "
-                "version " TG_LEDGER_SCHEMA_VERSION, w->path, version);
+                   "version " TG_LEDGER_SCHEMA_VERSION, w->path, version);
         return TG_ERR_PARSE;
     }
     w->meta_present = seq[0] && head[0];
@@ -454,7 +453,7 @@ int tg_ledger_verify(const char *path, struct tg_ledger_verify_report *out, char
     }
     if (!S_ISREG(sb.st_mode)) {
         tg_set_err(err, errlen, "ledger: %s is not a regular file, so not a tollgate ledger",
-                path);
+                   path);
         return TG_ERR_PARSE;
     }
     struct walk w = {.path = path, .out = out, .meta_seq = -1};
@@ -467,7 +466,7 @@ int tg_ledger_verify(const char *path, struct tg_ledger_verify_report *out, char
     int rc = sqlite3_open_v2(path, &w.db, SQLITE_OPEN_READONLY, NULL);
     if (rc != SQLITE_OK) {
         tg_set_err(err, errlen, "ledger: cannot open %s: %s", path,
-                w.db ? sqlite3_errmsg(w.db) : sqlite3_errstr(rc));
+                   w.db ? sqlite3_errmsg(w.db) : sqlite3_errstr(rc));
         st = TG_ERR_IO;
         goto out;
     }

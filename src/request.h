@@ -79,7 +79,8 @@ struct tg_request {
     json_t *client_json_inline;    /* the body with image URLs fetched into data: URIs */
     char *up_body;                 /* serialized upstream body (owned) */
     size_t up_body_len;
-    int up_sends;                  /* engine: times libcurl began sending this attempt */
+    int up_sends;                  /* engine: times libcurl began sending this attempt; more
+                                      than one was refused (a re-send on a fresh connection) */
     int64_t prompt_estimate;       /* tokens, from message text length */
     int64_t prompt_bound;          /* upper bound on prompt tokens, for budget holds */
     int64_t max_output;            /* max_completion_tokens / max_tokens; 0 = not given */
@@ -99,7 +100,6 @@ struct tg_request {
     long long t_last_rx_us;        /* last byte received (idle timeout) */
     long long t_first_byte_us;     /* first body byte (time to first token for streams) */
     int timeout_kind;              /* 0, or which of our own timeouts aborted the transfer */
-    bool resend_refused;           /* libcurl wanted to send this attempt a second time */
     long long t_alive_check_us;    /* last client liveness peek */
     bool paused;                   /* upstream paused by back-pressure */
     struct tg_request *eng_prev, *eng_next;   /* the engine's list of running transfers */

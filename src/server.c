@@ -430,8 +430,10 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
     unsigned threads = gw->cfg.threads;
     if (threads == 0) {
         /* three per core: libmicrohttpd 0.9.75 walks a thread's whole list of suspended
-         * connections on every resume, so shorter lists make thousands of open streams
-         * cheaper (5,000 streams: 63% -> 41% of a core on 2 cores, bench/run.sh) */
+         * connections on every resume, so shorter lists make each resume cheaper (5,000
+         * streams, one resume a chunk: 63% -> 41% of a core on 2 cores, bench/run.sh).
+         * A parked stream's chunks no longer resume it (stream_direct.c); its start, its
+         * end and every non-streaming answer still do. */
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (unsigned)(3 * n) : 3;
         if (threads > 64)

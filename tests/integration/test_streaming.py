@@ -278,6 +278,12 @@ class Wire(H.GatewayTestCase):
         self.assertTrue(payload.endswith(b"\n\n"), payload[-200:])
         return [e[len(b"data: "):].decode() for e in payload.split(b"\n\n")[:-1]]
 
+    @staticmethod
+    def tokens(events):
+        """The paced "tok<i> " contents, in order, of the JSON events."""
+        return [ch["delta"]["content"] for e in events for ch in json.loads(e)["choices"]
+                if (ch.get("delta") or {}).get("content", "").startswith("tok")]
+
     def test_chunked_framing_then_keep_alive(self):
         n, ms = 6, 60
         s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=15)
@@ -294,9 +300,7 @@ class Wire(H.GatewayTestCase):
             events = [e for c in chunks for e in self.events_of(c)]
             self.assertEqual(events[-1], "[DONE]")
             docs = [json.loads(e) for e in events[:-1]]
-            toks = [ch["delta"]["content"] for d in docs for ch in d["choices"]
-                    if (ch.get("delta") or {}).get("content", "").startswith("tok")]
-            self.assertEqual(toks, ["tok%d " % i for i in range(1, n + 1)])
+            self.assertEqual(self.tokens(events[:-1]), ["tok%d " % i for i in range(1, n + 1)])
             # paced tokens arrive one per chunk (never two events glued by a buffer)
             tok_chunks = [c for c in chunks if b'"tok' in c]
             self.assertEqual(len(tok_chunks), n, chunks)
@@ -348,9 +352,7 @@ class Wire(H.GatewayTestCase):
             # libmicrohttpd's chunks need not end on event boundaries: join, then split
             events = self.events_of(b"".join(chunks))
             self.assertEqual(events[-1], "[DONE]")
-            toks = [ch["delta"]["content"] for e in events[:-1]
-                    for ch in json.loads(e)["choices"]
-                    if (ch.get("delta") or {}).get("content", "").startswith("tok")]
+            toks = self.tokens(events[:-1])
             self.assertEqual(len(toks), n)
             self.assertEqual(toks, ["tok%d " % i for i in range(1, n + 1)])
         finally:
@@ -377,9 +379,7 @@ class Wire(H.GatewayTestCase):
                 buf += piece
             events = self.events_of(buf)
             self.assertEqual(events[-1], "[DONE]")
-            toks = [ch["delta"]["content"] for e in events[:-1]
-                    for ch in json.loads(e)["choices"]
-                    if (ch.get("delta") or {}).get("content", "").startswith("tok")]
+            toks = self.tokens(events[:-1])
             self.assertEqual(toks, ["tok%d " % i for i in range(1, n + 1)])
         finally:
             s.close()
