@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "json_util.h"
+#include "ledger_store.h"
+
 #define BUSY_TIMEOUT_MS 5000
 
 static int check_schema(sqlite3 *db, const char *path, const char *who, char *err,
@@ -16,11 +19,11 @@ static int check_schema(sqlite3 *db, const char *path, const char *who, char *er
                                 -1, &s, NULL);
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_NOTADB)
-            snprintf(err, errlen, "%s: %s is not a SQLite database, so not a tollgate ledger",
-                     who, path);
+            tg_set_err(err, errlen, "%s: %s is not a SQLite database, so not a tollgate ledger",
+                       who, path);
         else
-            snprintf(err, errlen, "%s: %s is not a tollgate ledger (%s)", who, path,
-                     sqlite3_errmsg(db));
+            tg_set_err(err, errlen, "%s: %s is not a tollgate ledger (%s)", who, path,
+                       sqlite3_errmsg(db));
         return (rc & 0xff) == SQLITE_ERROR || (rc & 0xff) == SQLITE_NOTADB ? TG_ERR_PARSE
                                                                            : TG_ERR_IO;
     }
@@ -28,14 +31,14 @@ static int check_schema(sqlite3 *db, const char *path, const char *who, char *er
     rc = sqlite3_step(s);
     const unsigned char *v = rc == SQLITE_ROW ? sqlite3_column_text(s, 0) : NULL;
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        snprintf(err, errlen, "%s: %s: %s", who, path, sqlite3_errmsg(db));
+        tg_set_err(err, errlen, "%s: %s: %s", who, path, sqlite3_errmsg(db));
         st = TG_ERR_IO;
     } else if (!v) {
-        snprintf(err, errlen, "%s: %s is not a tollgate ledger (no schema_version)", who, path);
+        tg_set_err(err, errlen, "%s: %s is not a tollgate ledger (no schema_version)", who, path);
         st = TG_ERR_PARSE;
-    } else if (strcmp((const char *)v, "1") != 0) {
-        snprintf(err, errlen, "%s: %s has ledger schema version '%s'; this tollgate reads "
-                 "version 1", who, path, (const char *)v);
+    } else if (strcmp((const char *)v, TG_LEDGER_SCHEMA_VERSION) != 0) {
+        tg_set_err(err, errlen, "%s: %s has ledger schema version '%s'; this tollgate reads "
+                   "version " TG_LEDGER_SCHEMA_VERSION, who, path, (const char *)v);
         st = TG_ERR_PARSE;
     }
     sqlite3_finalize(s);
@@ -50,20 +53,21 @@ int tg_ledger_snapshot_open(const char *path, const char *who, sqlite3 **out, ch
     int st;
     *out = NULL;
     if (stat(path, &sb) != 0) {
-        snprintf(err, errlen, "%s: cannot read ledger %s: %s", who, path, strerror(errno));
-        return errno == ENOENT ? TG_ERR_NOTFOUND : TG_ERR_IO;
+        int e = errno;
+        tg_set_err(err, errlen, "%s: cannot read ledger %s: %s", who, path, strerror(e));
+        return e == ENOENT ? TG_ERR_NOTFOUND : TG_ERR_IO;
     }
     if (!S_ISREG(sb.st_mode)) {
-        snprintf(err, errlen, "%s: %s is not a regular file, so not a tollgate ledger", who,
-                 path);
+        tg_set_err(err, errlen, "%s: %s is not a regular file, so not a tollgate ledger", who,
+                   path);
         return TG_ERR_PARSE;
     }
     /* Read-only and without SQLITE_OPEN_CREATE: a missing file is an error, never a new
      * ledger (the file could vanish between the stat and here). */
     int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
     if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "%s: cannot open %s: %s", who, path,
-                 db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        tg_set_err(err, errlen, "%s: cannot open %s: %s", who, path,
+                   db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         st = TG_ERR_IO;
         goto fail;
     }
@@ -71,7 +75,7 @@ int tg_ledger_snapshot_open(const char *path, const char *who, sqlite3 **out, ch
     if ((st = check_schema(db, path, who, err, errlen)) != TG_OK)
         goto fail;
     if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s: %s", who, path, sqlite3_errmsg(db));
+        tg_set_err(err, errlen, "%s: %s: %s", who, path, sqlite3_errmsg(db));
         st = TG_ERR_IO;
         goto fail;
     }

@@ -67,8 +67,9 @@ void tg_ledger_entry_init(struct tg_ledger_entry *e);
 
 /* Called on the writer thread (or, for an eager operation written at once, on the thread
  * that submitted it, before the submitting call returns) after the operation's transaction
- * committed (st == TG_OK, row_id set) or failed (st < 0, row_id 0). Must not block and must not call back into
- * the ledger synchronously... it may enqueue further ledger operations. (Failures:
+ * committed (st == TG_OK, row_id set) or failed (st < 0, row_id 0). Must not block and
+ * must not call back into the ledger synchronously... it may enqueue further ledger
+ * operations. (Failures:
  * TG_ERR_NOTFOUND = settle of a row that does not exist, TG_ERR_PARSE = the row broke a
  * constraint; both fail that operation alone. TG_ERR_IO = the batch's transaction failed.
  * Acks run in queue order. tg_ledger_flush returns at once here; tg_ledger_close must not
@@ -111,14 +112,13 @@ int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
 int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
 
-/* tg_ledger_insert and tg_ledger_settle, eager: when the ledger is idle (nothing queued,
- * no transaction being written, and the last one held at most two operations) the
- * calling thread writes and commits the operation
- * itself and runs cb before returning, which spares two thread hand-offs (to the writer
- * and back) at low load; otherwise the operation is queued exactly as by the plain calls,
- * behind what is already waiting, so group commit is unchanged under load. For threads
- * that may block for one commit (HTTP threads, the work pool), never the upstream engine.
- * Same contract and return values as the plain calls. */
+/* tg_ledger_insert and tg_ledger_settle, eager: when the ledger is idle (nothing queued, no
+ * transaction being written, and the last one held at most two operations) the calling
+ * thread writes and commits the operation itself and runs cb before returning, which spares
+ * two thread hand-offs (to the writer and back) at low load; otherwise the operation is
+ * queued exactly as by the plain calls, behind what is already waiting, so group commit is
+ * unchanged under load. For threads that may block for one commit (HTTP threads, the work
+ * pool), never the upstream engine. Same contract and return values as the plain calls. */
 int tg_ledger_insert_eager(struct tg_ledger *lg, const struct tg_ledger_entry *e,
                            tg_ledger_ack_cb cb, void *ud) TG_WUR;
 int tg_ledger_settle_eager(struct tg_ledger *lg, int64_t row_id,
