@@ -494,6 +494,34 @@ class Bench:
 
 # ---- set-up ---------------------------------------------------------------------------
 
+def ledger_floor(binary, work):
+    """ledger_bench latency: the reserve and settle commits of one request at a time, back
+    to back and 300 us apart (about the spacing at one connection), on a fresh ledger in the
+    work directory. {gap: {name: us}}."""
+    out = {}
+    for gap in (0, 300):
+        db = os.path.join(work, f"ledger-floor-{gap}.db")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(db + suffix):
+                os.unlink(db + suffix)
+        r = subprocess.run([binary, "latency", db, "2000", str(gap)], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            log(f"ledger_bench latency failed: {r.stderr.strip()[-300:]}")
+            return out
+        vals = {}
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "us":
+                vals[parts[0]] = int(parts[1])
+        out[str(gap)] = vals
+        log(f"ledger commits, {gap} us apart: reserve p50/p99 {vals.get('reserve_commit_p50')}/"
+            f"{vals.get('reserve_commit_p99')} us, settle {vals.get('settle_commit_p50')}/"
+            f"{vals.get('settle_commit_p99')} us, both {vals.get('both_commits_p50')}/"
+            f"{vals.get('both_commits_p99')} us")
+    return out
+
+
 def write_config(work, mock_port, ledger_path, log_level, no_auth):
     catalog = {
         "version": "bench-1",
@@ -584,6 +612,10 @@ def main():
     ap.add_argument("--no-matrix", action="store_true", help="skip the matrix (open streams only)")
     ap.add_argument("--no-stream", action="store_true")
     ap.add_argument("--portkey", action="store_true")
+    ap.add_argument("--ledger-bench", default="",
+                    help="bench/ledger_bench binary: measure the ledger's commit latency first")
+    ap.add_argument("--no-relay", action="store_true",
+                    help="skip floor_relay, the zero-work relay that measures the floor")
     ap.add_argument("--open-streams", type=int, default=0, help="run the open-streams test with N")
     ap.add_argument("--open-seconds", type=int, default=20)
     ap.add_argument("--open-ramp-ms", type=int, default=3000)
@@ -617,6 +649,10 @@ def main():
     info = machine_info(args, args.tollgate)
     t_begin = time.time()
 
+    # the ledger's own floor: one request's two commits, on this disk, before any load
+    if args.ledger_bench:
+        info["ledger_floor"] = ledger_floor(args.ledger_bench, args.work)
+
     # fast mock
     mport_file = os.path.join(args.work, "mock.port")
     for f in (mport_file,):
@@ -626,6 +662,18 @@ def main():
                        mport_file], os.path.join(args.work, "mock.log"))
     mock = Mock(wait_port_file(mport_file, mock_proc))
     log(f"fast mock pid {mock_proc.pid} on 127.0.0.1:{mock.port}")
+
+    # the floor: a relay that copies bytes and does nothing else
+    relay_port = relay_proc = None
+    if not args.no_relay:
+        rport_file = os.path.join(args.work, "relay.port")
+        if os.path.exists(rport_file):
+            os.unlink(rport_file)
+        relay_proc = start([os.path.join(args.bindir, "floor_relay"), "--upstream-port",
+                            str(mock.port), "--port", "0", "--port-file", rport_file],
+                           os.path.join(args.work, "relay.log"))
+        relay_port = wait_port_file(rport_file, relay_proc)
+        log(f"floor relay pid {relay_proc.pid} on 127.0.0.1:{relay_port}")
 
     # tollgate
     ledger_path = os.path.join(args.work, "ledger.db")
@@ -658,6 +706,9 @@ def main():
         "tollgate": {"port": gport, "pid": gw_proc.pid, "model": MODEL,
                      "headers": {"Authorization": f"Bearer {key}"} if key else {}},
     }
+    if relay_proc:
+        targets["relay"] = {"port": relay_port, "pid": relay_proc.pid, "headers": {},
+                            "model": MODEL}
 
     # Portkey
     if args.portkey:
@@ -680,7 +731,8 @@ def main():
         }
 
     b = Bench(args, args.work, args.bindir, mock, mock_proc, targets, ledger)
-    order = ["direct", "tollgate"] + (["portkey"] if args.portkey else [])
+    order = ["direct"] + (["relay"] if relay_proc else []) + ["tollgate"] + \
+        (["portkey"] if args.portkey else [])
 
     if not args.no_matrix:
         # warm-up (discarded): connection pools, page cache, Node's JIT
@@ -726,6 +778,7 @@ def main():
         "conns": conns_list, "chunks": args.chunks, "interval_ms": args.interval_ms,
         "open_streams": args.open_streams, "open_seconds": args.open_seconds,
         "log_level": args.log_level, "quick": args.quick, "portkey": args.portkey,
+        "relay": not args.no_relay,
         "auth": "off (auth.enabled=false)" if args.no_auth else ("API key" if key else "none"),
     }
     info["sockets"] = {f"{k[0]}/{k[1]}/c={k[2]}": v for k, v in b.sock.items()}

@@ -102,7 +102,8 @@ def verdict(value, limit, le=True):
 
 def render(rows, info):
     agg = aggregate(rows)
-    targets = [t for t in ("direct", "tollgate", "portkey") if any(r["target"] == t for r in rows)]
+    targets = [t for t in ("direct", "relay", "tollgate", "portkey")
+               if any(r["target"] == t for r in rows)]
     conns = sorted({int(r["conns"]) for r in rows if r["kind"] in ("plain", "stream")})
     s = info.get("settings", {})
     md = ["# tollgate benchmark", ""]
@@ -200,6 +201,37 @@ def render(rows, info):
                           r.get("parity") or "n/a"] for r in open_rows]))
         md.append("")
 
+    # floors
+    lf = info.get("ledger_floor") or {}
+    if "relay" in targets or lf:
+        md.append("## Floors on this machine")
+        md.append("")
+        if "relay" in targets:
+            md.append("`relay` is bench/floor_relay.c: each client connection paired with its own "
+                      "upstream connection, bytes copied both ways unread (no HTTP parsing, no "
+                      "JSON, no ledger, one thread). What it adds over direct is what any relay "
+                      "pays here: a second loopback hop each way and one more process wake-up. "
+                      "The targets table shows its figure beside tollgate's.")
+            md.append("")
+        if lf:
+            md.append("The ledger's commits (bench/ledger_bench `latency`, before any load, on a "
+                      "fresh ledger in the work directory): one request's reserve and settlement "
+                      "written on the calling thread at an idle moment, as tollgate does at one "
+                      "connection. The design makes both durable before the answer, so their sum "
+                      "is the floor under tollgate's added latency at one connection, on top of "
+                      "the relay's.")
+            md.append("")
+            ll = []
+            for gap in sorted(lf, key=int):
+                v = lf[gap]
+                ll.append([f"{gap} us" if gap != "0" else "none (back to back)",
+                           f"{v.get('reserve_commit_p50', '-')} / {v.get('reserve_commit_p99', '-')}",
+                           f"{v.get('settle_commit_p50', '-')} / {v.get('settle_commit_p99', '-')}",
+                           f"{v.get('both_commits_p50', '-')} / {v.get('both_commits_p99', '-')}"])
+            md.append(table(["gap between requests", "reserve commit p50 / p99 us",
+                             "settle commit p50 / p99 us", "both p50 / p99 us"], ll))
+            md.append("")
+
     # targets
     md.append("## Targets (tollgate)")
     md.append("")
@@ -208,46 +240,59 @@ def render(rows, info):
     def A(kind, c, m, target="tollgate"):
         a = agg.get((kind, target, c))
         return None if a is None else a.get(m)
+
+    def R(kind, c, m, fmt=f):
+        """the zero-work relay's figure for the same cell (the floor column)"""
+        return fmt(A(kind, c, m, "relay")) if "relay" in targets else "-"
     tl.append(["added latency, 1 conn, p50", f(A("plain", 1, "added_lat_p50")), "<= 60 us",
-               verdict(A("plain", 1, "added_lat_p50"), 60)])
+               verdict(A("plain", 1, "added_lat_p50"), 60), R("plain", 1, "added_lat_p50")])
     tl.append(["added latency, 1 conn, p99", f(A("plain", 1, "added_lat_p99")), "<= 150 us",
-               verdict(A("plain", 1, "added_lat_p99"), 150)])
+               verdict(A("plain", 1, "added_lat_p99"), 150), R("plain", 1, "added_lat_p99")])
     tl.append(["req/s at 64 conns", f(A("plain", 64, "rps")), ">= 10,000",
-               verdict(A("plain", 64, "rps"), 10000, le=False)])
+               verdict(A("plain", 64, "rps"), 10000, le=False), R("plain", 64, "rps")])
     pk = A("plain", 64, "rps", "portkey")
     tg = A("plain", 64, "rps")
     ratio = tg / pk if pk and tg else None
     tl.append(["throughput vs Portkey at 64 conns", f(ratio, 1, "x"), ">= 5x",
                verdict(ratio, 5, le=False) if pk else
-               ("not run (--portkey)" if "portkey" not in targets else "not measured")])
+               ("not run (--portkey)" if "portkey" not in targets else "not measured"), "-"])
     tl.append(["CPU per request at 64 conns", f(A("plain", 64, "cpu_us_per_req"), 1), "<= 80 us",
-               verdict(A("plain", 64, "cpu_us_per_req"), 80)])
+               verdict(A("plain", 64, "cpu_us_per_req"), 80),
+               R("plain", 64, "cpu_us_per_req", lambda v: f(v, 1))])
     tl.append(["RSS peak at 64 conns", mb(A("plain", 64, "rss_hwm_kb")) + " MB", "<= 30 MB",
-               verdict(A("plain", 64, "rss_hwm_kb"), 30 * 1024)])
+               verdict(A("plain", 64, "rss_hwm_kb"), 30 * 1024),
+               R("plain", 64, "rss_hwm_kb", lambda v: mb(v) + " MB")])
     for c in conns:
         if A("stream", c, "added_ttfc_p99") is not None:
             tl.append([f"streaming: added TTFC p99, {c} conns", f(A("stream", c, "added_ttfc_p99")),
-                       "<= 300 us", verdict(A("stream", c, "added_ttfc_p99"), 300)])
+                       "<= 300 us", verdict(A("stream", c, "added_ttfc_p99"), 300),
+                       R("stream", c, "added_ttfc_p99")])
     for c in conns:
         if A("stream", c, "added_chunk_p99") is not None:
             tl.append([f"streaming: chunk forwarding, added p99 (max), {c} conns",
                        f"{f(A('stream', c, 'added_chunk_p99'))} ({f(A('stream', c, 'added_chunk_max'))})",
-                       "<= 100 us", verdict(A("stream", c, "added_chunk_p99"), 100)])
+                       "<= 100 us", verdict(A("stream", c, "added_chunk_p99"), 100),
+                       R("stream", c, "added_chunk_p99")])
+    relay_open = {r["conns"]: r for r in open_rows if r["target"] == "relay"}
     for r in open_rows:
         if r["target"] != "tollgate":
             continue
+        fl = relay_open.get(r["conns"])
         every = int(r["chunks"]) == int(r["chunks_expected"]) and int(r["complete"]) == int(r["conns"])
         tl.append([f"{r['conns']} open streams: every chunk delivered",
-                   f"{r['chunks']}/{r['chunks_expected']}", "all", "PASS" if every else "MISS"])
+                   f"{r['chunks']}/{r['chunks_expected']}", "all", "PASS" if every else "MISS",
+                   f"{fl['chunks']}/{fl['chunks_expected']}" if fl else "-"])
         tl.append([f"{r['conns']} open streams: RSS peak", mb(num(r["rss_hwm_kb"])) + " MB",
-                   "<= 200 MB", verdict(num(r["rss_hwm_kb"]), 200 * 1024)])
+                   "<= 200 MB", verdict(num(r["rss_hwm_kb"]), 200 * 1024),
+                   mb(num(fl["rss_hwm_kb"])) + " MB" if fl else "-"])
         tl.append([f"{r['conns']} open streams: gateway CPU", f"{r.get('cpu_pct')} %", "<= 10 %",
-                   verdict(num(r.get("cpu_pct")), 10)])
+                   verdict(num(r.get("cpu_pct")), 10), f"{fl.get('cpu_pct')} %" if fl else "-"])
     gw_par = [r for r in rows if r["target"] == "tollgate" and r.get("parity")]
     good = sum(r["parity"] in ("ok", "exact") for r in gw_par)
     tl.append(["ledger parity, every tollgate run", f"{good}/{len(gw_par)} runs", "100 %",
-               "PASS" if gw_par and good == len(gw_par) else ("MISS" if gw_par else "not measured")])
-    md.append(table(["target", "measured", "limit", "verdict"], tl))
+               "PASS" if gw_par and good == len(gw_par) else ("MISS" if gw_par else "not measured"),
+               "-"])
+    md.append(table(["target", "measured", "limit", "verdict", "floor: zero-work relay"], tl))
     md.append("")
 
     # socket hygiene

@@ -94,12 +94,19 @@ cmake -S "$SRC" -B "$BUILD/tollgate" -DCMAKE_BUILD_TYPE=Release -DTG_TESTS=OFF \
       -DCMAKE_C_FLAGS="${BENCH_CFLAGS:-}" >/dev/null
 cmake --build "$BUILD/tollgate" -j"$(nproc)" >/dev/null
 CFLAGS_BENCH=(-O2 -g -std=c11 -Wall -Wextra)
-for tool in fast_mock stream_client sockcheck; do
+for tool in fast_mock stream_client sockcheck floor_relay; do
   if [ ! -x "$BUILD/$tool" ] || [ "$BENCH/$tool.c" -nt "$BUILD/$tool" ]; then
     log "building bench/build/$tool"
     gcc "${CFLAGS_BENCH[@]}" -o "$BUILD/$tool" "$BENCH/$tool.c"
   fi
 done
+
+# the ledger's latency probe links tollgate's library (bench/ledger_bench.c)
+log "building bench/build/ledger_bench"
+# shellcheck disable=SC2046
+gcc "${CFLAGS_BENCH[@]}" -D_GNU_SOURCE -I"$SRC/include" -o "$BUILD/ledger_bench" \
+    "$BENCH/ledger_bench.c" "$BUILD/tollgate/libtollgate.a" \
+    $(pkg-config --libs libmicrohttpd libcurl jansson sqlite3 libcrypto) -lpthread
 
 # ---- run ------------------------------------------------------------------------------------
 # raise the open-files limit for us and every child (5,000 streams = ~10,000 sockets in tollgate)
@@ -107,6 +114,7 @@ ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 args=(--bindir "$BUILD" --tollgate "$BUILD/tollgate/tollgate" --work "$BUILD/run"
+      --ledger-bench "$BUILD/ledger_bench"
       --out "$BENCH/results" --source "$source_desc")
 [ "$open_streams" = 1 ] && args+=(--open-streams "$open_count")
 [ "$open_only" = 1 ] && args+=(--no-matrix)
