@@ -209,8 +209,9 @@ def render(rows, info):
         if "relay" in targets:
             md.append("`relay` is bench/floor_relay.c: each client connection paired with its own "
                       "upstream connection, bytes copied both ways unread (no HTTP parsing, no "
-                      "JSON, no ledger, one thread). What it adds over direct is what any relay "
-                      "pays here: a second loopback hop each way and one more process wake-up. "
+                      "JSON, no ledger, no hand-off: two threads, a pair stays on the one that "
+                      "accepted it). What it adds over direct is what any relay pays here: a "
+                      "second loopback hop each way and one more process wake-up. "
                       "The targets table shows its figure beside tollgate's.")
             md.append("")
         if lf:
