@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "engine.h"
 #include "gateway.h"
 #include "workpool.h"
 #include "tollgate/bill.h"
@@ -24,6 +25,7 @@
 struct tg_admin_job {
     struct tg_gateway *gw;
     struct MHD_Connection *conn;
+    struct tg_engine *loop;      /* the event loop serving conn (not owned) */
     atomic_int refs;             /* the HTTP side and the worker */
     char key[64];                /* filter.key_id points here */
     struct tg_bill_filter filter;
@@ -138,6 +140,7 @@ static void bill_job(void *arg)
     j->status = rc == TG_OK ? 200 : rc == TG_ERR_PARSE ? 400 : 500;
     atomic_store(&j->done, true);
     MHD_resume_connection(j->conn);
+    tg_engine_poke_front(j->loop);   /* that loop runs libmicrohttpd: wake it */
     job_unref(j);
 }
 
@@ -252,6 +255,7 @@ enum MHD_Result tg_admin_handle(struct tg_gateway *gw, struct MHD_Connection *co
     *jp = j;
     j->gw = gw;
     j->conn = conn;
+    j->loop = tg_engine_current();
     atomic_init(&j->refs, 1);
     j->export = exp;
     j->bill_fmt = TG_BILL_JSON;
@@ -271,6 +275,7 @@ enum MHD_Result tg_admin_handle(struct tg_gateway *gw, struct MHD_Connection *co
     if (tg_workpool_submit(gw->pool, bill_job, j) != TG_OK) {
         atomic_fetch_sub(&j->refs, 1);
         MHD_resume_connection(conn);
+        tg_engine_poke_front(j->loop);
         snprintf(j->err, sizeof j->err, "the gateway is busy; retry shortly");
         j->status = 503;
         atomic_store(&j->done, true);

@@ -385,7 +385,7 @@ static void on_reserved(void *ud, int st, int64_t row_id)
             return;
         }
     }
-    if (tg_engine_start(r->gw->engine, r, r->next_delay_ms) != TG_OK)
+    if (tg_engine_start(r->engine, r, r->next_delay_ms) != TG_OK)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);   /* shutting down */
     tg_request_unref(r);
 }
@@ -404,7 +404,7 @@ void tg_chat_slot_granted(struct tg_request *r)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, true);
         return;
     }
-    if (atomic_load(&r->gw->stopping) || tg_engine_start(r->gw->engine, r, 0) != TG_OK)
+    if (atomic_load(&r->gw->stopping) || tg_engine_start(r->engine, r, 0) != TG_OK)
         tg_chat_on_done(r, CURLE_ABORTED_BY_CALLBACK, false);
 }
 
@@ -781,10 +781,11 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         settle(r, false);
 }
 
-/* Engine thread, a final non-streaming answer whose client waits, and the ledger idle:
- * leave the settlement to the client's HTTP thread (tg_chat_run_deferred), which commits
- * it itself and answers at once. That is engine -> HTTP, where settling here would be
- * engine -> ledger writer -> HTTP; and the engine never waits on a commit. */
+/* Engine side, a final non-streaming answer whose client waits, and the ledger idle: leave
+ * the settlement to the HTTP side (tg_chat_run_deferred): the connection is resumed, and
+ * its handler commits the settlement and answers at once, both on this loop's thread.
+ * Settling from here would queue it to the ledger writer, whose acknowledgement comes back
+ * from another thread: two hand-offs for nothing. */
 static bool defer_settle(struct tg_request *r)
 {
     if (r->stream || r->next_action != NEXT_FINISH || !tg_ledger_idle(r->gw->ledger))
@@ -832,7 +833,7 @@ static void settle(struct tg_request *r, bool eager)
 void tg_chat_client_done(struct tg_request *r, bool ok)
 {
     pthread_mutex_lock(&r->mu);
-    /* the connection ended before its HTTP thread ran a settlement left to it (shutdown):
+    /* the connection ended before its HTTP side ran a settlement left to it (shutdown):
      * settle here, flagged, since the answer never reached the client */
     bool deferred = r->settle_deferred;
     r->settle_deferred = false;
@@ -851,7 +852,7 @@ void tg_chat_client_done(struct tg_request *r, bool ok)
         r->le.client_disconnected = true;
     pthread_mutex_unlock(&r->mu);
     if (!ok && (s == TG_RS_RESERVED || s == TG_RS_UPSTREAM || s == TG_RS_RELAYING))
-        tg_engine_cancel(r->gw->engine, r);
+        tg_engine_cancel(r->engine, r);
     /* settled, but the answer never fully reached the client: say so on the row (the
      * provider still billed it, so the cost stays) */
     if (mark_row && tg_ledger_mark_disconnected(r->gw->ledger, r->row_id) != TG_OK)

@@ -1,7 +1,7 @@
 /* chat.h: the chat completion request logic: validate, route, reserve, run the attempt,
- * translate, settle, answer. Called from the HTTP threads (begin, client_gone), the engine
- * thread (header/data/done hooks) and the ledger thread (acks; or the thread of an eager
- * ledger call). Private to libtollgate. */
+ * translate, settle, answer. Called from the request's event loop (its HTTP side: begin,
+ * client_gone; its engine side: header/data/done hooks) and the ledger thread (acks; or the
+ * thread of an eager ledger call). Private to libtollgate. */
 #ifndef TOLLGATE_CHAT_H
 #define TOLLGATE_CHAT_H
 
@@ -43,8 +43,8 @@ void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj);
  * blank line). Returns tg_sse_finish's status. */
 int tg_chat_sse_finish(struct tg_request *r);
 
-/* HTTP thread, woken: if the engine left the final settlement to this thread (the ledger
- * was idle), commit it now (tg_ledger_settle_eager); r->resp_ready is set on return unless
+/* HTTP side, woken: if the engine side left the final settlement to it (the ledger was
+ * idle), commit it now (tg_ledger_settle_eager); r->resp_ready is set on return unless
  * the ledger got busy meanwhile and queued it (then its acknowledgement wakes us again). */
 void tg_chat_run_deferred(struct tg_request *r);
 

@@ -162,23 +162,18 @@ int tg_cli_serve(int argc, char **argv)
         tg_warn("auth is OFF (config auth.enabled = false): anyone who can reach this address "
                 "can spend through it; use only for local development");
     }
-    gw->engine = tg_engine_new(err, sizeof err);
-    if (!gw->engine) {
-        fprintf(stderr, "tollgate: %s\n", err);
-        goto out_ledger;
-    }
     gw->pool = tg_workpool_new(2, 1024);
     if (!gw->pool) {
         fprintf(stderr, "tollgate: cannot start the work pool\n");
-        goto out_engine;
+        goto out_stop;
     }
     if (tg_workers_start(gw, err, sizeof err) != TG_OK) {
         fprintf(stderr, "tollgate: %s\n", err);
-        goto out_engine;
+        goto out_stop;
     }
     if (tg_server_start(gw, err, sizeof err) != TG_OK) {
         fprintf(stderr, "tollgate: %s\n", err);
-        goto out_engine;
+        goto out_stop;
     }
     log_providers(&gw->cfg);
     tg_info("tollgate listening on http://%s:%u (catalog %s: %zu models, price book %s; "
@@ -214,12 +209,11 @@ int tg_cli_serve(int argc, char **argv)
     /* let in-flight requests finish on their own for a moment */
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)
         usleep(50 * 1000);
-out_engine:
+out_stop:
     atomic_store(&gw->stopping, true);
     tg_workpool_free(gw->pool);   /* finishes queued image fetches first */
     gw->pool = NULL;
-    tg_engine_free(gw->engine);   /* aborts what still runs (slots given back); rows settle */
-    gw->engine = NULL;
+    tg_server_abort(gw);          /* aborts what still runs (slots given back); rows settle */
     tg_workers_stop(gw);          /* then the workers: nothing holds their slots any more */
     for (int i = 0; i < 100 && atomic_load(&gw->inflight) > 0; i++)
         usleep(20 * 1000);

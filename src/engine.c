@@ -1,8 +1,12 @@
-/* engine.c: the libcurl multi loop, event-driven: curl_multi_socket_action over our own
- * epoll, so the cost of a wake-up is the sockets that are ready, not every transfer (5,000
- * idle streams cost nothing). Owns every easy handle: creates it from the request's prepared
- * URL/headers/body, runs it, and reports bytes and completion to chat.c. Other threads only
- * enqueue operations (and poke an eventfd); all curl calls happen on this thread. */
+/* engine.c: one event loop thread: a libcurl multi, event-driven (curl_multi_socket_action
+ * over our own epoll, so the cost of a wake-up is the sockets that are ready, not every
+ * transfer: 5,000 idle streams cost nothing), and the front end it is paired with (one
+ * libmicrohttpd daemon's epoll fd, run when ready). A request is served start to end on the
+ * loop that accepted its connection, so starting its transfer and answering it need no
+ * hand-off to another thread. Owns every easy handle: creates it from the request's
+ * prepared URL/headers/body, runs it, and reports bytes and completion to chat.c. Other
+ * threads only enqueue operations (and poke an eventfd); all curl calls happen on this
+ * thread. */
 #include "engine.h"
 
 #include <pthread.h>
@@ -42,7 +46,12 @@ struct tg_engine {
     pthread_t thread;
     pthread_mutex_t mu;
     struct op *head, *tail;      /* guarded by mu */
-    bool stopping;               /* guarded by mu */
+    bool stopping;               /* guarded by mu: leave the loop */
+    bool aborting;               /* guarded by mu: abort every transfer, start no more */
+    bool stopped;                /* guarded by mu: the loop has ended; nothing is queued */
+    atomic_bool aborted;         /* the loop has aborted everything (tg_engine_abort) */
+    atomic_bool front_poke;      /* run the front end at the next wake-up */
+    struct tg_engine_front front;
     atomic_long active;
     struct tg_request *running;  /* engine thread only: transfers in the multi handle */
     int epfd;                    /* the sockets libcurl asked us to watch, and evfd */
@@ -80,6 +89,11 @@ static void handles_free(struct tg_engine *e)
         curl_easy_cleanup(e->spare[--e->n_spare]);
 }
 
+/* The engine whose loop runs on this thread, if any. */
+static _Thread_local struct tg_engine *current;
+
+struct tg_engine *tg_engine_current(void) { return current; }
+
 static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r, int64_t delay_ms)
 {
     struct op *o = malloc(sizeof *o);
@@ -90,7 +104,8 @@ static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r,
     o->due_us = delay_ms > 0 ? tg_now_us() + delay_ms * 1000 : 0;
     o->next = NULL;
     pthread_mutex_lock(&e->mu);
-    if (e->stopping && kind == OP_START) {
+    /* A stopped loop has no transfer left to cancel or unpause, and nobody would run it. */
+    if (e->stopped || ((e->stopping || e->aborting) && kind == OP_START)) {
         pthread_mutex_unlock(&e->mu);
         free(o);
         return TG_ERR_STATE;
@@ -102,6 +117,10 @@ static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r,
         e->head = o;
     e->tail = o;
     pthread_mutex_unlock(&e->mu);
+    /* On the loop's own thread (the request arrived on this loop) the op runs before the
+     * loop waits again: no wake-up, no hand-off. */
+    if (current == e)
+        return TG_OK;
     uint64_t one = 1;
     if (write(e->evfd, &one, sizeof one) < 0) {
         /* the counter is already non-zero: the engine is being woken anyway */
@@ -114,16 +133,30 @@ int tg_engine_start(struct tg_engine *e, struct tg_request *r, int64_t delay_ms)
     return enqueue(e, OP_START, r, delay_ms);
 }
 
+/* TG_ERR_STATE: the loop has stopped, and with it every transfer: nothing to do. */
 void tg_engine_cancel(struct tg_engine *e, struct tg_request *r)
 {
-    if (enqueue(e, OP_CANCEL, r, 0) != TG_OK)
+    if (enqueue(e, OP_CANCEL, r, 0) == TG_ERR_NOMEM)
         tg_error("engine: cannot queue a cancel for %s (out of memory)", r->request_id);
 }
 
 void tg_engine_unpause(struct tg_engine *e, struct tg_request *r)
 {
-    if (enqueue(e, OP_UNPAUSE, r, 0) != TG_OK)
+    if (enqueue(e, OP_UNPAUSE, r, 0) == TG_ERR_NOMEM)
         tg_error("engine: cannot queue an unpause for %s (out of memory)", r->request_id);
+}
+
+void tg_engine_poke_front(struct tg_engine *e)
+{
+    if (!e)
+        return;
+    atomic_store(&e->front_poke, true);
+    if (current == e)
+        return;   /* the loop checks the flag before it waits again */
+    uint64_t one = 1;
+    if (write(e->evfd, &one, sizeof one) < 0) {
+        /* already signalled */
+    }
 }
 
 long tg_engine_active(struct tg_engine *e) { return atomic_load(&e->active); }
@@ -257,12 +290,13 @@ static void finish_transfer(struct tg_engine *e, struct tg_request *r, CURLcode 
     tg_request_unref(r);
 }
 
-/* final: the loop has ended, so new attempts are refused rather than started */
+/* final: the loop is ending or aborting, so new attempts are refused rather than started */
 static void run_ops(struct tg_engine *e, bool final)
 {
     pthread_mutex_lock(&e->mu);
     struct op *o = e->head;
     e->head = e->tail = NULL;
+    final = final || e->aborting;
     pthread_mutex_unlock(&e->mu);
     while (o) {
         struct op *next = o->next;
@@ -379,19 +413,38 @@ static void sweep(struct tg_engine *e, long long now)
     }
 }
 
+/* Finish every running and parked transfer: each settles as abandoned by shutdown. */
+static void abort_all(struct tg_engine *e)
+{
+    while (e->running)
+        finish_transfer(e, e->running, CURLE_ABORTED_BY_CALLBACK, false);
+    while (e->delayed) {
+        struct op *o = e->delayed;
+        e->delayed = o->next;
+        tg_chat_on_done(o->r, CURLE_ABORTED_BY_CALLBACK, false);
+        tg_request_unref(o->r);
+        free(o);
+    }
+}
+
 static void *engine_main(void *arg)
 {
     struct tg_engine *e = arg;
     struct epoll_event evs[256];
     int running = 0;
+    current = e;
     for (;;) {
         run_ops(e, false);
         int wait_ms = run_delayed(e);
         pthread_mutex_lock(&e->mu);
-        bool stopping = e->stopping;
+        bool stopping = e->stopping, aborting = e->aborting;
         pthread_mutex_unlock(&e->mu);
         if (stopping)
             break;
+        if (aborting && !atomic_load(&e->aborted)) {
+            abort_all(e);
+            atomic_store(&e->aborted, true);
+        }
         long long now = tg_now_us();
         if (e->timer_due_us) {
             long long t = e->timer_due_us <= now ? 0 : (e->timer_due_us - now + 999) / 1000;
@@ -403,13 +456,29 @@ static void *engine_main(void *arg)
             if (t < wait_ms)
                 wait_ms = (int)t;
         }
+        long long front_due_us = 0;   /* when the front end wants to run even if idle */
+        if (e->front.run) {
+            int t = e->front.timeout_ms(e->front.ud);
+            if (t >= 0) {
+                front_due_us = now + (long long)t * 1000;
+                if (t < wait_ms)
+                    wait_ms = t;
+            }
+        }
+        if (atomic_load(&e->front_poke))
+            wait_ms = 0;
         int n = epoll_wait(e->epfd, evs, 256, wait_ms);
+        bool front_ready = false;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == e->evfd) {
                 uint64_t v;
                 if (read(e->evfd, &v, sizeof v) < 0) {
                     /* spurious: nothing to drain */
                 }
+                continue;
+            }
+            if (e->front.run && evs[i].data.fd == e->front.fd) {
+                front_ready = true;
                 continue;
             }
             int flags = 0;
@@ -431,22 +500,27 @@ static void *engine_main(void *arg)
             e->next_sweep_us = now + 250000;
             sweep(e, now);
         }
+        if (front_due_us && front_due_us <= now)
+            front_ready = true;   /* its timeout, or work it still has buffered */
+        if (atomic_exchange(&e->front_poke, false))
+            front_ready = true;   /* a connection was resumed */
+        /* last: new requests it accepts queue their starts for the top of the loop */
+        if (front_ready && e->front.run)
+            e->front.run(e->front.ud);
     }
-    /* stopping: abort what still runs; each settles as abandoned by shutdown */
-    while (e->running)
-        finish_transfer(e, e->running, CURLE_ABORTED_BY_CALLBACK, false);
-    while (e->delayed) {
-        struct op *o = e->delayed;
-        e->delayed = o->next;
-        tg_chat_on_done(o->r, CURLE_ABORTED_BY_CALLBACK, false);
-        tg_request_unref(o->r);
-        free(o);
-    }
+    abort_all(e);
     run_ops(e, true);
+    /* Nothing can be queued from here on (enqueue checks stopped), so nothing leaks. */
+    pthread_mutex_lock(&e->mu);
+    e->stopped = true;
+    pthread_mutex_unlock(&e->mu);
+    run_ops(e, true);
+    atomic_store(&e->aborted, true);
+    current = NULL;
     return NULL;
 }
 
-struct tg_engine *tg_engine_new(char *err, size_t errlen)
+struct tg_engine *tg_engine_new(const struct tg_engine_front *front, char *err, size_t errlen)
 {
     struct tg_engine *e = calloc(1, sizeof *e);
     if (!e) {
@@ -454,6 +528,8 @@ struct tg_engine *tg_engine_new(char *err, size_t errlen)
         return NULL;
     }
     e->epfd = e->evfd = -1;
+    if (front)
+        e->front = *front;
     pthread_mutex_init(&e->mu, NULL);
     e->multi = curl_multi_init();
     if (!e->multi) {
@@ -473,6 +549,11 @@ struct tg_engine *tg_engine_new(char *err, size_t errlen)
         snprintf(err, errlen, "engine: cannot set up epoll");
         goto fail;
     }
+    struct epoll_event fev = {.events = EPOLLIN, .data.fd = e->front.fd};
+    if (e->front.run && epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->front.fd, &fev) != 0) {
+        snprintf(err, errlen, "engine: cannot watch the front end");
+        goto fail;
+    }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         snprintf(err, errlen, "engine: cannot start its thread");
         goto fail;
@@ -490,18 +571,43 @@ fail:
     return NULL;
 }
 
-void tg_engine_free(struct tg_engine *e)
+void tg_engine_abort(struct tg_engine *e)
 {
     if (!e)
         return;
     pthread_mutex_lock(&e->mu);
-    e->stopping = true;
+    e->aborting = true;
     pthread_mutex_unlock(&e->mu);
     uint64_t one = 1;
     if (write(e->evfd, &one, sizeof one) < 0) {
         /* already signalled */
     }
+}
+
+bool tg_engine_aborted(struct tg_engine *e) { return !e || atomic_load(&e->aborted); }
+
+void tg_engine_stop(struct tg_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    bool joined = e->stopped;
+    e->stopping = true;
+    pthread_mutex_unlock(&e->mu);
+    if (joined)
+        return;
+    uint64_t one = 1;
+    if (write(e->evfd, &one, sizeof one) < 0) {
+        /* already signalled */
+    }
     pthread_join(e->thread, NULL);
+}
+
+void tg_engine_free(struct tg_engine *e)
+{
+    if (!e)
+        return;
+    tg_engine_stop(e);
     handles_free(e);
     curl_multi_cleanup(e->multi);
     close(e->epfd);

@@ -13,6 +13,7 @@
 #include "tollgate/health.h"
 
 struct tg_engine;
+struct tg_front;
 struct tg_worker;
 struct tg_workpool;
 struct MHD_Daemon;
@@ -33,8 +34,12 @@ struct tg_gateway {
     struct tg_worker *workers;      /* local workers (list), NULL if none */
     struct tg_workpool *pool;       /* blocking side jobs: image fetches, admin queries */
     struct tg_ledger *ledger;
-    struct tg_engine *engine;
-    struct MHD_Daemon *mhd;
+    /* the event loops (server.c): loop i runs engines[i] and drives daemon mhd[i]; all of
+     * them accept from one listening socket */
+    unsigned n_loops;
+    struct tg_engine **engines;
+    struct MHD_Daemon **mhd;
+    struct tg_front *fronts;        /* server.c's per-loop state */
     unsigned short port;            /* bound port */
     atomic_llong requests_total;    /* chat requests seen */
     atomic_int inflight;            /* chat requests alive (for a clean shutdown) */

@@ -10,6 +10,7 @@
 
 #include <microhttpd.h>
 
+#include "engine.h"
 #include "gateway.h"
 #include "json_util.h"
 #include "tollgate/log.h"
@@ -68,6 +69,10 @@ struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *
         return NULL;
     atomic_init(&r->refs, 1);
     r->gw = gw;
+    /* the loop running this call accepted the connection: the request stays on it */
+    r->engine = tg_engine_current();
+    if (!r->engine && gw->n_loops)
+        r->engine = gw->engines[0];
     r->conn = conn;
     r->client_fd = -1;
     const union MHD_ConnectionInfo *ci =
@@ -156,4 +161,5 @@ void tg_request_wake_locked(struct tg_request *r)
     r->suspended = false;
     r->parked = false;
     MHD_resume_connection(r->conn);
+    tg_engine_poke_front(r->engine);   /* its loop runs the connection again */
 }

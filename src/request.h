@@ -1,7 +1,9 @@
-/* request.h: one chat completion request as an explicit state machine, shared by the HTTP
- * threads (libmicrohttpd), the upstream engine thread and the ledger writer thread.
+/* request.h: one chat completion request as an explicit state machine. It lives on the
+ * event loop its connection arrived on (engine.c: one thread runs both the libmicrohttpd
+ * callbacks, "HTTP side", and the libcurl callbacks, "engine side", of its requests), and
+ * is also touched by the ledger writer thread (acknowledgements) and the work pool.
  * Lifetime: reference counted; every thread that may still touch it holds a reference.
- * Fields are grouped by which thread may touch them. Private to libtollgate. */
+ * Fields are grouped by which side may touch them. Private to libtollgate. */
 #ifndef TOLLGATE_REQUEST_H
 #define TOLLGATE_REQUEST_H
 
@@ -49,10 +51,11 @@ void tg_buf_free(struct tg_buf *b);
 struct tg_request {
     atomic_int refs;
     struct tg_gateway *gw;
+    struct tg_engine *engine;       /* the loop its connection arrived on (not owned) */
 
-    /* --- HTTP thread only (until the request is handed to the engine) --- */
+    /* --- HTTP side only (until the request is handed to the engine side) --- */
     struct tg_buf body;            /* client body */
-    json_t *client_json;           /* parsed client body; dropped (engine thread) once a
+    json_t *client_json;           /* parsed client body; dropped (engine side) once a
                                       stream's first chunk is relayed: no attempt follows */
 
     /* --- set before the hand-off, read-only afterwards --- */
@@ -86,7 +89,7 @@ struct tg_request {
     int64_t max_output;            /* max_completion_tokens / max_tokens; 0 = not given */
     long long t_start_us;
 
-    /* --- engine thread only, during an attempt --- */
+    /* --- engine side only, during an attempt --- */
     CURL *easy;
     struct curl_slist *up_headers;
     long up_status;
@@ -117,7 +120,7 @@ struct tg_request {
     bool http11;                   /* the client spoke HTTP/1.1: a stream is sent chunked */
     bool client_gone;              /* the client side ended (completed callback) */
     bool response_queued;          /* the HTTP thread queued a response */
-    bool settle_deferred;          /* the engine left the final settlement to the HTTP thread */
+    bool settle_deferred;          /* the engine side left the final settlement to the HTTP side */
     bool unpause_wanted;
     /* streaming output */
     struct tg_buf out;             /* bytes for the client not yet consumed */

@@ -1,9 +1,13 @@
 /* server.c: the libmicrohttpd front end. Routes requests, enforces the body limit, answers
- * JSON and SSE, and parks chat requests (MHD_suspend_connection) while the engine works.
- * Its callbacks never block: waiting is a suspended connection, not a thread. */
+ * JSON and SSE, and parks chat requests (MHD_suspend_connection) while the upstream works.
+ * It runs one daemon per event loop (engine.c drives it beside its libcurl multi), all
+ * accepting from one listening socket. Its callbacks never block: waiting is a suspended
+ * connection, not a thread. */
 #include "server.h"
 
 #include <netdb.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,7 +188,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     }
     pthread_mutex_unlock(&r->mu);
     if (unpause)
-        tg_engine_unpause(r->gw->engine, r);
+        tg_engine_unpause(r->engine, r);
     return n;
 }
 
@@ -415,6 +419,72 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     tg_debug("http: %s", buf);
 }
 
+/* ---- the event loops ----------------------------------------------------------------- */
+
+/* What a loop's front end needs: its daemon, and a request to stop accepting. */
+struct tg_front {
+    struct MHD_Daemon *d;
+    atomic_bool quiesce;    /* asked for by tg_server_quiesce */
+    atomic_bool quiesced;   /* done, on the loop's thread */
+};
+
+static void front_run(void *ud)
+{
+    struct tg_front *f = ud;
+    if (atomic_load(&f->quiesce) && !atomic_load(&f->quiesced)) {
+        /* on the loop's own thread, between two MHD_run calls, as external mode wants */
+        MHD_socket s = MHD_quiesce_daemon(f->d);
+        if (s != MHD_INVALID_SOCKET)
+            close(s);   /* our dup: the socket closes once every loop let go of it */
+        atomic_store(&f->quiesced, true);
+    }
+    MHD_run(f->d);
+}
+
+static int front_timeout(void *ud)
+{
+    struct tg_front *f = ud;
+    if (atomic_load(&f->quiesce) && !atomic_load(&f->quiesced))
+        return 0;
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(f->d, &ms) != MHD_YES)
+        return -1;
+    return ms > 1000 ? 1000 : (int)ms;
+}
+
+static unsigned loop_count(const struct tg_gateway *gw)
+{
+    unsigned n = gw->cfg.threads;
+    if (n == 0) {
+        /* three per core: libmicrohttpd 0.9.75 walks a daemon's whole list of suspended
+         * connections on every resume, so shorter lists make each resume cheaper (5,000
+         * streams, one resume a chunk: 63% -> 41% of a core on 2 cores, bench/run.sh).
+         * A parked stream's chunks no longer resume it (stream_direct.c); its start, its
+         * end and every non-streaming answer still do. */
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (unsigned)(3 * c) : 3;
+    }
+    return n > 64 ? 64 : n;
+}
+
+static struct MHD_Daemon *start_daemon(struct tg_gateway *gw, unsigned flags,
+                                       const struct sockaddr *sa, MHD_socket listen_fd)
+{
+    /* no internal thread: the loop that owns the daemon runs it (tg_engine_front) */
+    return MHD_start_daemon(
+        flags, gw->cfg.listen_port, NULL, NULL, on_request, gw,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,   /* first: logs the options below */
+        sa ? MHD_OPTION_SOCK_ADDR : MHD_OPTION_LISTEN_SOCKET,
+        sa ? (void *)sa : (void *)(intptr_t)listen_fd,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+        /* per-connection pool: headers and small bodies; a stream costs this times 5,000 */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)8192,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        MHD_OPTION_END);
+}
+
 int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -427,57 +497,101 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
                  gai_strerror(gai));
         return TG_ERR_IO;
     }
-    unsigned threads = gw->cfg.threads;
-    if (threads == 0) {
-        /* three per core: libmicrohttpd 0.9.75 walks a thread's whole list of suspended
-         * connections on every resume, so shorter lists make each resume cheaper (5,000
-         * streams, one resume a chunk: 63% -> 41% of a core on 2 cores, bench/run.sh).
-         * A parked stream's chunks no longer resume it (stream_direct.c); its start, its
-         * end and every non-streaming answer still do. */
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (unsigned)(3 * n) : 3;
-        if (threads > 64)
-            threads = 64;
-    }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned n = loop_count(gw);
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    gw->mhd = MHD_start_daemon(
-        flags, gw->cfg.listen_port, NULL, NULL, on_request, gw,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,   /* first: logs the options below */
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
-        /* per-connection pool: headers and small bodies; a stream costs this times 5,000 */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)8192,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-        MHD_OPTION_END);
+    gw->mhd = calloc(n, sizeof *gw->mhd);
+    gw->engines = calloc(n, sizeof *gw->engines);
+    gw->fronts = calloc(n, sizeof *gw->fronts);
+    if (!gw->mhd || !gw->engines || !gw->fronts) {
+        freeaddrinfo(ai);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    /* The first daemon binds and listens; the others accept from the same socket. */
+    gw->mhd[0] = start_daemon(gw, flags, ai->ai_addr, MHD_INVALID_SOCKET);
     freeaddrinfo(ai);
-    if (!gw->mhd) {
+    if (!gw->mhd[0]) {
         snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)",
                  gw->cfg.listen_host, gw->cfg.listen_port);
-        return TG_ERR_IO;
+        goto fail;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(gw->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    gw->n_loops = n;
+    const union MHD_DaemonInfo *li = MHD_get_daemon_info(gw->mhd[0], MHD_DAEMON_INFO_LISTEN_FD);
+    for (unsigned i = 1; i < n; i++) {
+        int fd = li ? dup(li->listen_fd) : -1;
+        gw->mhd[i] = fd >= 0 ? start_daemon(gw, flags, NULL, fd) : NULL;
+        if (!gw->mhd[i]) {
+            if (fd >= 0)
+                close(fd);
+            snprintf(err, errlen, "cannot start HTTP loop %u of %u", i + 1, n);
+            goto fail;
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        const union MHD_DaemonInfo *ei = MHD_get_daemon_info(gw->mhd[i], MHD_DAEMON_INFO_EPOLL_FD);
+        gw->fronts[i].d = gw->mhd[i];
+        struct tg_engine_front fr = {.fd = ei ? ei->epoll_fd : -1, .run = front_run,
+                                     .timeout_ms = front_timeout, .ud = &gw->fronts[i]};
+        if (fr.fd < 0 || !(gw->engines[i] = tg_engine_new(&fr, err, errlen)))
+            goto fail;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(gw->mhd[0], MHD_DAEMON_INFO_BIND_PORT);
     gw->port = info ? info->port : gw->cfg.listen_port;
     return TG_OK;
+fail:
+    tg_server_stop(gw);
+    return TG_ERR_IO;
 }
 
 void tg_server_quiesce(struct tg_gateway *gw)
 {
-    if (gw->mhd) {
-        MHD_socket s = MHD_quiesce_daemon(gw->mhd);
-        if (s != MHD_INVALID_SOCKET)
-            close(s);
+    for (unsigned i = 0; i < gw->n_loops; i++) {
+        atomic_store(&gw->fronts[i].quiesce, true);
+        tg_engine_poke_front(gw->engines[i]);
+    }
+    /* new connections are refused once every loop has let go of the listening socket */
+    for (int t = 0; t < 200; t++) {
+        unsigned done = 0;
+        for (unsigned i = 0; i < gw->n_loops; i++)
+            done += atomic_load(&gw->fronts[i].quiesced) || !gw->engines[i];
+        if (done == gw->n_loops)
+            break;
+        usleep(5 * 1000);
+    }
+}
+
+void tg_server_abort(struct tg_gateway *gw)
+{
+    for (unsigned i = 0; i < gw->n_loops; i++)
+        tg_engine_abort(gw->engines[i]);
+    for (int t = 0; t < 500; t++) {
+        unsigned done = 0;
+        for (unsigned i = 0; i < gw->n_loops; i++)
+            done += tg_engine_aborted(gw->engines[i]);
+        if (done == gw->n_loops)
+            break;
+        usleep(10 * 1000);
     }
 }
 
 void tg_server_stop(struct tg_gateway *gw)
 {
-    if (gw->mhd)
-        MHD_stop_daemon(gw->mhd);
+    /* the loops first (their transfers aborted), so no direct write meets a closed socket;
+     * the engines are freed last, since closing a connection may still queue a cancel */
+    for (unsigned i = 0; gw->engines && i < gw->n_loops; i++)
+        tg_engine_stop(gw->engines[i]);
+    for (unsigned i = 0; gw->mhd && i < gw->n_loops; i++)
+        if (gw->mhd[i])
+            MHD_stop_daemon(gw->mhd[i]);
+    for (unsigned i = 0; gw->engines && i < gw->n_loops; i++)
+        tg_engine_free(gw->engines[i]);
+    free(gw->mhd);
+    free(gw->engines);
+    free(gw->fronts);
     gw->mhd = NULL;
+    gw->engines = NULL;
+    gw->fronts = NULL;
+    gw->n_loops = 0;
 }
