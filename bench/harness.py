@@ -544,7 +544,7 @@ def write_config(work, mock_port, ledger_path, log_level, no_auth):
     }
     if no_auth:
         cfg["auth"] = {"enabled": False}
-    if os.environ.get("TG_BENCH_THREADS"):   # HTTP worker threads (config "threads")
+    if os.environ.get("TG_BENCH_THREADS"):   # event loops (config "threads")
         cfg["threads"] = int(os.environ["TG_BENCH_THREADS"])
     with open(os.path.join(work, "catalog.json"), "w") as f:
         json.dump(catalog, f, indent=1)

@@ -470,12 +470,18 @@ static unsigned loop_count(const struct tg_gateway *gw)
 static struct MHD_Daemon *start_daemon(struct tg_gateway *gw, unsigned flags,
                                        const struct sockaddr *sa, MHD_socket listen_fd)
 {
+    /* Where to listen: bind sa, or accept from listen_fd. An option array, so each value
+     * goes in with its own type (a socket is an int, an address a pointer). */
+    struct MHD_OptionItem where[] = {
+        sa ? (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)sa}
+           : (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, (intptr_t)listen_fd, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
     /* no internal thread: the loop that owns the daemon runs it (tg_engine_front) */
     return MHD_start_daemon(
         flags, gw->cfg.listen_port, NULL, NULL, on_request, gw,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,   /* first: logs the options below */
-        sa ? MHD_OPTION_SOCK_ADDR : MHD_OPTION_LISTEN_SOCKET,
-        sa ? (void *)sa : (void *)(intptr_t)listen_fd,
+        MHD_OPTION_ARRAY, where,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
