@@ -489,7 +489,7 @@ static void on_settled(void *ud, int st, int64_t row_id)
     tg_request_unref(r);
 }
 
-/* ---- the end of an attempt (engine thread) ------------------------------------------ */
+/* ---- the end of an attempt (engine side) -------------------------------------------- */
 
 /* Fill the ledger entry's usage, cost and outcome. */
 static void account(struct tg_request *r, const struct tg_usage *u, int64_t content_chars,

@@ -28,8 +28,8 @@ void tg_chat_prompt_size(const json_t *msgs, int64_t *estimate, int64_t *bound);
  * ready now (an error); answer at once. */
 int tg_chat_begin(struct tg_request *r);
 
-/* Engine thread: libcurl header/write callbacks and transfer end. cancelled: the client
- * went away (or shutdown) and nobody will read the answer. */
+/* Engine side (the request's loop thread): libcurl header/write callbacks and transfer
+ * end. cancelled: the client went away (or shutdown) and nobody will read the answer. */
 size_t tg_chat_on_header(struct tg_request *r, const char *buf, size_t n);
 size_t tg_chat_on_data(struct tg_request *r, const char *buf, size_t n);
 void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled);
@@ -39,7 +39,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled);
 int tg_chat_emit_locked(struct tg_request *r, const char *s, size_t n);
 void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj);
 
-/* Engine thread, transfer ended cleanly: flush the SSE parser (a last event without its
+/* Engine side, transfer ended cleanly: flush the SSE parser (a last event without its
  * blank line). Returns tg_sse_finish's status. */
 int tg_chat_sse_finish(struct tg_request *r);
 

@@ -1,6 +1,6 @@
-/* chat_relay.c: the upstream answer as it arrives, on the engine thread: response headers,
- * body bytes, SSE events translated by the adapter and appended for the client. A chunk is
- * handed to the client connection as soon as it is translated; nothing waits for the end. */
+/* chat_relay.c: the upstream answer as it arrives, on the loop's engine side: response
+ * headers, body bytes, SSE events translated by the adapter and appended for the client. A
+ * chunk is handed to the client connection as soon as it is translated; nothing waits. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +40,7 @@ void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj)
     free(s);
 }
 
-/* ---- engine hooks (engine thread) ---------------------------------------------------- */
+/* ---- engine hooks (engine side of the loop) ------------------------------------------ */
 
 size_t tg_chat_on_header(struct tg_request *r, const char *buf, size_t n)
 {

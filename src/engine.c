@@ -53,13 +53,13 @@ struct tg_engine {
     atomic_bool front_poke;      /* run the front end at the next wake-up */
     struct tg_engine_front front;
     atomic_long active;
-    struct tg_request *running;  /* engine thread only: transfers in the multi handle */
+    struct tg_request *running;  /* loop thread only: transfers in the multi handle */
     int epfd;                    /* the sockets libcurl asked us to watch, and evfd */
     int evfd;                    /* wake-up from other threads */
     long long timer_due_us;      /* libcurl's next timeout (monotonic), 0 = none */
     long long next_sweep_us;     /* next check of our own deadlines */
-    struct op *delayed;          /* engine thread only: starts waiting for their time, by due */
-    /* engine thread only: finished easy handles, reset and kept for the next transfers
+    struct op *delayed;          /* loop thread only: starts waiting for their time, by due */
+    /* loop thread only: finished easy handles, reset and kept for the next transfers
      * (a new handle costs a 5 KiB zeroed allocation and its buffers, per request) */
     CURL *spare[ENGINE_SPARE_HANDLES];
     unsigned n_spare;
