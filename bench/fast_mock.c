@@ -30,10 +30,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "bench_net.h"
 
 #define MAX_HEAD 16384
 #define MAX_BODY (8u << 20)
@@ -675,36 +676,17 @@ int main(int argc, char **argv)
     if (g_chunks < 1)
         g_chunks = 1;
     signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    bench_raise_nofile();
 
-    g_lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (g_lfd < 0)
-        die("socket");
-    int one = 1;
-    setsockopt(g_lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
         fprintf(stderr, "fast_mock: bad host %s (IPv4 only)\n", host);
         return 2;
     }
-    if (bind(g_lfd, (struct sockaddr *)&sa, sizeof sa) < 0)
-        die("bind");
-    if (listen(g_lfd, 8192) < 0)
+    if ((g_lfd = bench_listen(&sa)) < 0)
         die("listen");
-    socklen_t sl = sizeof sa;
-    getsockname(g_lfd, (struct sockaddr *)&sa, &sl);
-    if (port_file) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", port_file);
-        FILE *f = fopen(tmp, "w");
-        if (!f || fprintf(f, "%u\n", ntohs(sa.sin_port)) < 0 || fclose(f) != 0 ||
-            rename(tmp, port_file) != 0)
-            die("port file");
-    }
+    if (port_file && bench_write_port_file(port_file, ntohs(sa.sin_port)) != 0)
+        die("port file");
     fprintf(stderr, "fast_mock: listening on %s:%u (stream: %d chunks, %d ms apart)\n", host,
             ntohs(sa.sin_port), g_chunks, g_interval_ms);
 

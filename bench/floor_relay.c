@@ -27,9 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "bench_net.h"
 
 #define BUF_CAP 16384   /* a loopback read rarely brings more; 5,000 pairs stay small */
 
@@ -243,33 +244,14 @@ int main(int argc, char **argv)
     if (g_up_port <= 0 || g_up_port > 65535 || nthreads < 1 || nthreads > 64)
         usage();
     signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    bench_raise_nofile();
 
-    g_lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (g_lfd < 0)
-        die("socket");
-    int one = 1;
-    setsockopt(g_lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (bind(g_lfd, (struct sockaddr *)&sa, sizeof sa) < 0)
-        die("bind");
-    if (listen(g_lfd, 8192) < 0)
+    if ((g_lfd = bench_listen(&sa)) < 0)
         die("listen");
-    socklen_t sl = sizeof sa;
-    getsockname(g_lfd, (struct sockaddr *)&sa, &sl);
-    if (port_file) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", port_file);
-        FILE *f = fopen(tmp, "w");
-        if (!f || fprintf(f, "%u\n", ntohs(sa.sin_port)) < 0 || fclose(f) != 0 ||
-            rename(tmp, port_file) != 0)
-            die("port file");
-    }
+    if (port_file && bench_write_port_file(port_file, ntohs(sa.sin_port)) != 0)
+        die("port file");
     fprintf(stderr, "floor_relay: 127.0.0.1:%u -> 127.0.0.1:%d\n", ntohs(sa.sin_port), g_up_port);
 
     pthread_t tid;

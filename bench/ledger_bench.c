@@ -322,6 +322,16 @@ static void print_pcts(const char *name, int64_t *v, size_t n)
     printf("%s_p99 %lld us\n", name, (long long)v[n * 99 / 100]);
 }
 
+/* Wait for the acknowledgement of the operation submitted at t0 (already run, for an eager
+ * write); returns the microseconds since t0, or -1 if the operation failed. */
+static int64_t acked_after(struct tg_ledger *lg, double t0)
+{
+    while (lat_st == 1)
+        tg_ledger_flush(lg);
+    int64_t us = (int64_t)((now_s() - t0) * 1e6);
+    return lat_st == TG_OK ? us : -1;
+}
+
 static int latency(const char *path, size_t n, int gap_us)
 {
     if (n == 0)
@@ -340,22 +350,14 @@ static int latency(const char *path, size_t n, int gap_us)
          * wait below measures that too. */
         lat_st = 1;
         double t0 = now_s();
-        if (tg_ledger_insert_eager(lg, &e, on_lat_ack, NULL) != TG_OK)
-            goto out;
-        while (lat_st == 1)
-            tg_ledger_flush(lg);
-        res[i] = (int64_t)((now_s() - t0) * 1e6);
-        if (lat_st != TG_OK)
+        if (tg_ledger_insert_eager(lg, &e, on_lat_ack, NULL) != TG_OK ||
+            (res[i] = acked_after(lg, t0)) < 0)
             goto out;
         finish_entry(&e, &seed);
         lat_st = 1;
         t0 = now_s();
-        if (tg_ledger_settle_eager(lg, lat_row, &e, on_lat_ack, NULL) != TG_OK)
-            goto out;
-        while (lat_st == 1)
-            tg_ledger_flush(lg);
-        set[i] = (int64_t)((now_s() - t0) * 1e6);
-        if (lat_st != TG_OK)
+        if (tg_ledger_settle_eager(lg, lat_row, &e, on_lat_ack, NULL) != TG_OK ||
+            (set[i] = acked_after(lg, t0)) < 0)
             goto out;
         if (gap_us > 0)
             usleep((useconds_t)gap_us);

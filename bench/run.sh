@@ -95,7 +95,8 @@ cmake -S "$SRC" -B "$BUILD/tollgate" -DCMAKE_BUILD_TYPE=Release -DTG_TESTS=OFF \
 cmake --build "$BUILD/tollgate" -j"$(nproc)" >/dev/null
 CFLAGS_BENCH=(-O2 -g -std=c11 -Wall -Wextra)
 for tool in fast_mock stream_client sockcheck floor_relay; do
-  if [ ! -x "$BUILD/$tool" ] || [ "$BENCH/$tool.c" -nt "$BUILD/$tool" ]; then
+  if [ ! -x "$BUILD/$tool" ] || [ "$BENCH/$tool.c" -nt "$BUILD/$tool" ] ||
+     [ "$BENCH/bench_net.h" -nt "$BUILD/$tool" ]; then
     log "building bench/build/$tool"
     gcc "${CFLAGS_BENCH[@]}" -o "$BUILD/$tool" "$BENCH/$tool.c"
   fi

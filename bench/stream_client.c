@@ -30,10 +30,11 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "bench_net.h"
 
 enum cstate { C_IDLE, C_CONNECTING, C_SENDING, C_HEAD, C_BODY, C_DONE };
 enum framing { F_LENGTH, F_CHUNKED, F_CLOSE };
@@ -576,11 +577,7 @@ int main(int argc, char **argv)
     if (g_port <= 0 || g_streams <= 0 || (g_duration <= 0 && g_req_budget <= 0))
         usage();
     signal(SIGPIPE, SIG_IGN);
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    bench_raise_nofile();
     g_addr.sin_family = AF_INET;
     g_addr.sin_port = htons((uint16_t)g_port);
     if (inet_pton(AF_INET, g_host, &g_addr.sin_addr) != 1) {
