@@ -14,7 +14,9 @@
  *
  *   fast_mock [--host 127.0.0.1] [--port 0] [--port-file F] [--chunks 8] [--interval-ms 20]
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>

@@ -13,7 +13,9 @@
  *
  *   floor_relay --upstream-port P [--port 0] [--port-file F] [--threads 2]
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

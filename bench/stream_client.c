@@ -16,7 +16,9 @@
  *                 [--chunks N --interval-ms M] [--plain] [--ramp-ms R]
  *                 [--header "Name: value"]... [--drain-s S] [--max-tokens T]
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -117,6 +119,13 @@ static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* Sorted for pct(); an empty set has no array (qsort must not get NULL). */
+static void sort_samples(struct samples *s)
+{
+    if (s->n > 0)
+        qsort(s->v, s->n, sizeof *s->v, cmp_u32);
 }
 
 static long long pct(struct samples *s, double p)
@@ -293,7 +302,10 @@ static void sse_line(struct conn *c, const char *l, size_t n, long long t)
     const char *at = memchr(k + 12, '@', dn - (size_t)(k + 12 - d));
     if (!at)
         return;
-    long long sent = strtoll(at + 1, NULL, 10);
+    /* the line is not NUL-terminated: read the digits within it */
+    long long sent = 0;
+    for (const char *q = at + 1; q < d + dn && *q >= '0' && *q <= '9'; q++)
+        sent = sent * 10 + (*q - '0');
     if (!c->got_first) {
         c->got_first = true;
         add(&s_ttfc, t - c->t_send);
@@ -665,9 +677,9 @@ int main(int argc, char **argv)
     long long t1 = now_us();
     for (int i = 0; i < g_streams; i++)
         conn_close_fd(&cs[i]);
-    qsort(s_ttfc.v, s_ttfc.n, sizeof(uint32_t), cmp_u32);
-    qsort(s_chunk.v, s_chunk.n, sizeof(uint32_t), cmp_u32);
-    qsort(s_lat.v, s_lat.n, sizeof(uint32_t), cmp_u32);
+    sort_samples(&s_ttfc);
+    sort_samples(&s_chunk);
+    sort_samples(&s_lat);
     double el = (double)(t1 - t0) / 1e6;
     printf("SC mode=%s streams=%d elapsed_s=%.3f started=%lld finished=%lld ok=%lld non2xx=%lld "
            "errors=%lld conn_errors=%lld connects=%lld rps=%.1f",
@@ -684,5 +696,14 @@ int main(int argc, char **argv)
                pct(&s_ttfc, 100), pct(&s_chunk, 50), pct(&s_chunk, 90), pct(&s_chunk, 99),
                pct(&s_chunk, 99.9), pct(&s_chunk, 100));
     printf("\n");
+    for (int i = 0; i < g_streams; i++) {
+        free(cs[i].head);
+        free(cs[i].line);
+    }
+    free(cs);
+    free(s_ttfc.v);
+    free(s_chunk.v);
+    free(s_lat.v);
+    close(g_epfd);
     return 0;
 }

@@ -51,6 +51,7 @@ struct tg_engine {
     bool stopped;                /* guarded by mu: the loop has ended; nothing is queued */
     atomic_bool aborted;         /* the loop has aborted everything (tg_engine_abort) */
     atomic_bool front_poke;      /* run the front end at the next wake-up */
+    atomic_bool wake_pending;    /* evfd written and not yet read: no need to write again */
     struct tg_engine_front front;
     atomic_long active;
     struct tg_request *running;  /* loop thread only: transfers in the multi handle */
@@ -94,6 +95,18 @@ static _Thread_local struct tg_engine *current;
 
 struct tg_engine *tg_engine_current(void) { return current; }
 
+/* Wake the loop from another thread. One eventfd write per wake-up, however many threads
+ * ask: a batch of ledger acknowledgements for this loop costs one write, not one each. */
+static void wake(struct tg_engine *e)
+{
+    if (atomic_exchange(&e->wake_pending, true))
+        return;   /* the loop has yet to read the last one, and runs its queue after that */
+    uint64_t one = 1;
+    if (write(e->evfd, &one, sizeof one) < 0) {
+        /* the counter is already non-zero: the loop is being woken anyway */
+    }
+}
+
 static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r, int64_t delay_ms)
 {
     struct op *o = malloc(sizeof *o);
@@ -121,10 +134,7 @@ static int enqueue(struct tg_engine *e, enum op_kind kind, struct tg_request *r,
      * loop waits again: no wake-up, no hand-off. */
     if (current == e)
         return TG_OK;
-    uint64_t one = 1;
-    if (write(e->evfd, &one, sizeof one) < 0) {
-        /* the counter is already non-zero: the engine is being woken anyway */
-    }
+    wake(e);
     return TG_OK;
 }
 
@@ -153,10 +163,7 @@ void tg_engine_poke_front(struct tg_engine *e)
     atomic_store(&e->front_poke, true);
     if (current == e)
         return;   /* the loop checks the flag before it waits again */
-    uint64_t one = 1;
-    if (write(e->evfd, &one, sizeof one) < 0) {
-        /* already signalled */
-    }
+    wake(e);
 }
 
 long tg_engine_active(struct tg_engine *e) { return atomic_load(&e->active); }
@@ -471,10 +478,16 @@ static void *engine_main(void *arg)
         bool front_ready = false;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == e->evfd) {
+                /* Drain, then clear: a wake asked for after the clear writes again; one
+                 * asked for before it found the flag set, and its operation is already in
+                 * the queue run at the top of the loop. (Clearing first would let a write
+                 * land between the two and be drained with the flag left set: every later
+                 * wake-up would then be lost.) */
                 uint64_t v;
                 if (read(e->evfd, &v, sizeof v) < 0) {
                     /* spurious: nothing to drain */
                 }
+                atomic_store(&e->wake_pending, false);
                 continue;
             }
             if (e->front.run && evs[i].data.fd == e->front.fd) {
@@ -578,10 +591,7 @@ void tg_engine_abort(struct tg_engine *e)
     pthread_mutex_lock(&e->mu);
     e->aborting = true;
     pthread_mutex_unlock(&e->mu);
-    uint64_t one = 1;
-    if (write(e->evfd, &one, sizeof one) < 0) {
-        /* already signalled */
-    }
+    wake(e);
 }
 
 bool tg_engine_aborted(struct tg_engine *e) { return !e || atomic_load(&e->aborted); }
@@ -596,10 +606,7 @@ void tg_engine_stop(struct tg_engine *e)
     pthread_mutex_unlock(&e->mu);
     if (joined)
         return;
-    uint64_t one = 1;
-    if (write(e->evfd, &one, sizeof one) < 0) {
-        /* already signalled */
-    }
+    wake(e);
     pthread_join(e->thread, NULL);
 }
 
