@@ -122,7 +122,7 @@ static json_t *logprobs_value(const json_t *choice)
 static char *gen_id(char *buf, size_t len)
 {
     char tail[25];
-    tg_random_hex(tail, 24);   /* an id, not a secret: uniqueness is best effort */
+    tg_random_id_hex(tail, 24);   /* an id, not a secret */
     snprintf(buf, len, "chatcmpl-tg%s", tail);
     return buf;
 }

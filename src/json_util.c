@@ -165,17 +165,41 @@ void tg_set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-bool tg_random_hex(char *out, size_t n)
+static void hex_encode(char *out, size_t n, const unsigned char *b)
 {
     static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++)
+        out[i] = hex[(b[i / 2] >> ((i % 2) ? 0 : 4)) & 15];
+    out[n] = '\0';
+}
+
+bool tg_random_hex(char *out, size_t n)
+{
     unsigned char b[64];
     size_t nb = (n + 1) / 2;
     bool ok = nb <= sizeof b && RAND_bytes(b, (int)nb) == 1;
     if (!ok)
         memset(b, 0, sizeof b);
-    for (size_t i = 0; i < n && i / 2 < sizeof b; i++)
-        out[i] = hex[(b[i / 2] >> ((i % 2) ? 0 : 4)) & 15];
-    out[n] = '\0';
+    hex_encode(out, nb <= sizeof b ? n : 2 * sizeof b, b);
     OPENSSL_cleanse(b, sizeof b);
     return ok;
+}
+
+bool tg_random_id_hex(char *out, size_t n)
+{
+    static _Thread_local unsigned char pool[512];
+    static _Thread_local size_t left;   /* unused bytes at the end of pool */
+    size_t nb = (n + 1) / 2;
+    if (nb > sizeof pool)
+        return tg_random_hex(out, n);
+    if (left < nb) {
+        if (RAND_bytes(pool, (int)sizeof pool) != 1) {
+            left = 0;
+            return tg_random_hex(out, n);
+        }
+        left = sizeof pool;
+    }
+    hex_encode(out, n, pool + sizeof pool - left);
+    left -= nb;
+    return true;
 }

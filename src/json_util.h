@@ -27,6 +27,11 @@ void tg_set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
  * needs n + 1 bytes). Returns false if no randomness was available (out is then zeros). */
 bool tg_random_hex(char *out, size_t n);
 
+/* The same for ids (request ids, generated response ids): unique, not secret. Drawn from a
+ * per-thread buffer of RAND_bytes output refilled every few dozen ids, so most requests make
+ * no DRBG call (nor the getpid system call of OpenSSL's fork check). Never for keys. */
+bool tg_random_id_hex(char *out, size_t n);
+
 /* Monotonic microseconds, wall-clock milliseconds. */
 long long tg_now_us(void);
 long long tg_wall_ms(void);

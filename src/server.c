@@ -274,7 +274,7 @@ static void route(struct http_ctx *ctx, const char *url, const char *method)
 static void new_request_id(char *buf, size_t len)
 {
     char h[21];
-    tg_random_hex(h, 20);
+    tg_random_id_hex(h, 20);
     snprintf(buf, len, "tgr_%s", h);
 }
 
