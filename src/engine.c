@@ -522,8 +522,8 @@ static void *engine_main(void *arg)
             e->front.run(e->front.ud);
     }
     abort_all(e);
-    run_ops(e, true);
-    /* Nothing can be queued from here on (enqueue checks stopped), so nothing leaks. */
+    /* Nothing can be queued once stopped is set (enqueue checks it): this last run takes
+     * whatever came before, so nothing leaks. */
     pthread_mutex_lock(&e->mu);
     e->stopped = true;
     pthread_mutex_unlock(&e->mu);
@@ -601,10 +601,10 @@ void tg_engine_stop(struct tg_engine *e)
     if (!e)
         return;
     pthread_mutex_lock(&e->mu);
-    bool joined = e->stopped;
+    bool ended = e->stopped;   /* only a stop ends the loop, so an ended one was joined */
     e->stopping = true;
     pthread_mutex_unlock(&e->mu);
-    if (joined)
+    if (ended)
         return;
     wake(e);
     pthread_join(e->thread, NULL);

@@ -551,6 +551,30 @@ fail:
     return TG_ERR_IO;
 }
 
+/* Wait until done(gw, i) holds for every loop i, or timeout_ms passed. */
+static void wait_loops(struct tg_gateway *gw, bool (*done)(struct tg_gateway *, unsigned),
+                       int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 5) {
+        unsigned n = 0;
+        while (n < gw->n_loops && done(gw, n))
+            n++;
+        if (n == gw->n_loops)
+            return;
+        usleep(5 * 1000);
+    }
+}
+
+static bool loop_quiesced(struct tg_gateway *gw, unsigned i)
+{
+    return atomic_load(&gw->fronts[i].quiesced);
+}
+
+static bool loop_aborted(struct tg_gateway *gw, unsigned i)
+{
+    return tg_engine_aborted(gw->engines[i]);
+}
+
 void tg_server_quiesce(struct tg_gateway *gw)
 {
     for (unsigned i = 0; i < gw->n_loops; i++) {
@@ -558,28 +582,14 @@ void tg_server_quiesce(struct tg_gateway *gw)
         tg_engine_poke_front(gw->engines[i]);
     }
     /* new connections are refused once every loop has let go of the listening socket */
-    for (int t = 0; t < 200; t++) {
-        unsigned done = 0;
-        for (unsigned i = 0; i < gw->n_loops; i++)
-            done += atomic_load(&gw->fronts[i].quiesced) || !gw->engines[i];
-        if (done == gw->n_loops)
-            break;
-        usleep(5 * 1000);
-    }
+    wait_loops(gw, loop_quiesced, 1000);
 }
 
 void tg_server_abort(struct tg_gateway *gw)
 {
     for (unsigned i = 0; i < gw->n_loops; i++)
         tg_engine_abort(gw->engines[i]);
-    for (int t = 0; t < 500; t++) {
-        unsigned done = 0;
-        for (unsigned i = 0; i < gw->n_loops; i++)
-            done += tg_engine_aborted(gw->engines[i]);
-        if (done == gw->n_loops)
-            break;
-        usleep(10 * 1000);
-    }
+    wait_loops(gw, loop_aborted, 5000);
 }
 
 void tg_server_stop(struct tg_gateway *gw)
