@@ -135,6 +135,9 @@ static enum MHD_Result on_arg(void *cls, enum MHD_ValueKind kind, const char *ke
 static void bill_job(void *arg)
 {
     struct tg_admin_job *j = arg;
+    /* every answer already given is in the bill: its journaled row reaches SQLite with the
+     * writer's next batch (a work-pool thread may wait for it) */
+    tg_ledger_flush(j->gw->ledger);
     int rc = tg_bill_render_file(j->gw->cfg.ledger_path, &j->filter, j->bill_fmt, &j->body,
                                  j->err, sizeof j->err);
     j->status = rc == TG_OK ? 200 : rc == TG_ERR_PARSE ? 400 : 500;
@@ -166,6 +169,7 @@ static void *export_thread(void *arg)
 {
     struct export_run *x = arg;
     char err[256];
+    tg_ledger_flush(x->j->gw->ledger);   /* as the bill: every answer given so far */
     if (tg_ledger_export(x->j->gw->cfg.ledger_path, &x->j->filter, x->j->export_fmt, write_fd,
                          &x->fd, err, sizeof err) != TG_OK)
         tg_warn("admin: ledger export ended early: %s", err);

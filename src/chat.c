@@ -338,7 +338,7 @@ sync_error:
 
 /* ---- ledger acknowledgements (ledger thread) --------------------------------------- */
 
-static void settle(struct tg_request *r, bool eager);
+static void settle(struct tg_request *r);
 static bool defer_settle(struct tg_request *r);
 
 static void on_reserved(void *ud, int st, int64_t row_id)
@@ -778,14 +778,13 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
                          e->completion_tokens > 0 ? e->completion_tokens : 0);
     plan_next(r, fault);
     if (!defer_settle(r))
-        settle(r, false);
+        settle(r);
 }
 
-/* Engine side, a final non-streaming answer whose client waits, and the ledger idle: leave
- * the settlement to the HTTP side (tg_chat_run_deferred): the connection is resumed, and
- * its handler commits the settlement and answers at once, both on this loop's thread.
- * Settling from here would queue it to the ledger writer, whose acknowledgement comes back
- * from another thread: two hand-offs for nothing. */
+/* Engine side, a final non-streaming answer whose client waits, and a ledger that journals:
+ * leave the settlement to the HTTP side (tg_chat_run_deferred): the connection is resumed,
+ * and its handler journals the settlement and answers in the same call, on this loop's
+ * thread. (Without a journal the settlement queues here and is acknowledged by the writer.) */
 static bool defer_settle(struct tg_request *r)
 {
     if (r->stream || r->next_action != NEXT_FINISH || !tg_ledger_idle(r->gw->ledger))
@@ -808,11 +807,13 @@ void tg_chat_run_deferred(struct tg_request *r)
     r->settle_deferred = false;
     pthread_mutex_unlock(&r->mu);
     if (mine)
-        settle(r, true);
+        settle(r);
 }
 
-/* Queue (or with eager, perhaps commit right here) the attempt's final row. */
-static void settle(struct tg_request *r, bool eager)
+/* The attempt's final row: journaled right here and acknowledged at once (on_settled runs
+ * before this returns); queued for the writer only for an in-memory ledger or from inside
+ * another acknowledgement. Never from inside a libcurl callback: the transfer is finished. */
+static void settle(struct tg_request *r)
 {
     pthread_mutex_lock(&r->mu);
     if (r->state != TG_RS_SETTLING)   /* a deferred settlement is SETTLING already */
@@ -821,9 +822,8 @@ static void settle(struct tg_request *r, bool eager)
     tg_request_ref(r);   /* the settle operation's reference */
     struct tg_ledger *lg = r->gw->ledger;
     int st = r->row_id > 0
-                 ? (eager ? tg_ledger_settle_eager : tg_ledger_settle)(lg, r->row_id, &r->le,
-                                                                      on_settled, r)
-                 : (eager ? tg_ledger_insert_eager : tg_ledger_insert)(lg, &r->le, on_settled, r);
+                 ? tg_ledger_settle_eager(lg, r->row_id, &r->le, on_settled, r)
+                 : tg_ledger_insert_eager(lg, &r->le, on_settled, r);
     if (st != TG_OK)
         on_settled(r, st, 0);
 }
@@ -841,7 +841,7 @@ void tg_chat_client_done(struct tg_request *r, bool ok)
         r->le.client_disconnected = true;
     pthread_mutex_unlock(&r->mu);
     if (deferred)
-        settle(r, false);
+        settle(r);
     pthread_mutex_lock(&r->mu);
     r->client_gone = true;
     enum tg_req_state s = r->state;

@@ -1,9 +1,10 @@
 /* ledger.c: the metering ledger's queue and writer thread. Producers queue insert, settle
  * and mark operations; one writer thread group-commits them (src/ledger_store.c does the
- * SQL, the chain and the rollup) and acknowledges each once durable. An eager operation
- * submitted while the ledger is idle is written by its submitter instead, so the
- * connection is used by one thread at a time: whoever set `busy`. This file never
- * computes a price. */
+ * SQL, the chain and the rollup) and acknowledges each once durable. An eager operation is
+ * made durable by its submitter instead, with one append to the intent journal
+ * (src/ledger_journal.c), and acknowledged at once; the writer puts it into SQLite in its
+ * next batch, and the next open replays whatever a crash left only in the journal. This
+ * file never computes a price. */
 #include "tollgate/ledger.h"
 #include "json_util.h"
 
@@ -15,15 +16,15 @@
 #include <time.h>
 
 #include "ledger_internal.h"
+#include "ledger_journal.h"
 #include "ledger_store.h"
 #include "tollgate/log.h"
 
 #define DEFAULT_MAX_BATCH 512u
 
-/* Eager operations are written by their submitter only while transactions stay this small:
- * larger batches mean load, where one queued commit for many operations costs less than a
- * commit of one on each submitter's thread. */
-#define EAGER_MAX_BATCH 2u
+/* A batch that failed to commit (disk full, I/O error) is tried again after this long:
+ * its journaled operations were acknowledged and must reach SQLite. */
+#define RETRY_MS 200
 
 /* The checkpointer copies the WAL back once it holds this many frames (1 MiB of 1 KiB
  * pages); the writer checkpoints itself only past WAL_BACKSTOP_FRAMES (64 MiB of 1 KiB
@@ -47,6 +48,8 @@ struct op {
     int64_t settled_ms;    /* -1 = leave NULL (an insert of a reserved row) */
     uint64_t seq;          /* enqueue order, for tg_ledger_flush */
     int st;                /* outcome, written by the writer before the ack */
+    bool journaled;        /* durable in the journal and acknowledged: cb is NULL */
+    int slot;              /* journaled: the journal file it went to */
     tg_ledger_ack_cb cb;
     void *ud;
     struct tg_ledger_entry e;
@@ -71,8 +74,11 @@ struct tg_ledger {
     uint64_t commits;
     bool closing;
     bool paused;
-    bool busy;                     /* a transaction is being written (writer or eager op) */
-    unsigned last_batch;           /* operations in the last transaction */
+    bool retry_wait;               /* the last batch failed: pause RETRY_MS before the next */
+    struct tg_journal *journal;    /* NULL for an in-memory ledger: eager calls queue */
+    int64_t next_id;               /* the id the next insert takes */
+    uint64_t unapplied;            /* journaled operations given up at close (replayed at
+                                      the next open) */
 
     /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
      * writer's commits never stall behind a checkpoint's fsync. It looks every
@@ -90,6 +96,9 @@ struct tg_ledger {
 /* The ledger whose writer runs on this thread (NULL elsewhere): an ack callback may queue
  * more work even while closing, and must not wait on its own writer. */
 static _Thread_local const struct tg_ledger *writer_of;
+/* The ledger whose eager acknowledgement runs on this thread: an eager call from inside it
+ * is queued (acknowledged by the writer), not nested. */
+static _Thread_local const struct tg_ledger *acking;
 
 static const char *const usage_names[] = {"unknown", "reported", "estimated"};
 static const char *const status_names[] = {"reserved", "billed", "failed", "rejected",
@@ -131,7 +140,7 @@ static int apply(struct tg_ledger *lg, struct op *op, bool *fatal)
 {
     switch (op->kind) {
     case OP_INSERT:
-        return tg_store_insert(&lg->store, &op->e, op->settled_ms, &op->row_id, fatal);
+        return tg_store_insert(&lg->store, &op->e, op->settled_ms, op->row_id, fatal);
     case OP_SETTLE:
         return tg_store_settle(&lg->store, op->row_id, &op->e, op->settled_ms, fatal);
     default:
@@ -175,15 +184,40 @@ static bool write_batch(struct tg_ledger *lg, struct op *batch)
 }
 
 /* Write batch (n operations, the last one numbered last_seq) in one transaction, run each
- * acknowledgement and free the operations, then hand the connection back. The caller set
- * lg->busy and does not hold mu. */
+ * acknowledgement and free the operations. A journaled operation of a batch that did not
+ * commit goes back to the front of the queue (unless closing: then the next open replays
+ * it from the journal). The caller does not hold mu. */
 static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64_t last_seq)
 {
     const struct tg_ledger *outer = writer_of;
     writer_of = lg;   /* acks run as the writer: they may queue, a flush must not wait */
     bool committed = write_batch(lg, batch);
+    struct op *retry = NULL, *rlast = NULL;
+    unsigned nretry = 0, applied[2] = {0, 0};
+    uint64_t given_up = 0;
+    bool closing = false;
+    if (!committed) {
+        pthread_mutex_lock(&lg->mu);
+        closing = lg->closing;
+        pthread_mutex_unlock(&lg->mu);
+    }
     for (struct op *op = batch, *next; op; op = next) {
         next = op->next;
+        if (op->journaled && !committed) {
+            if (!closing) {
+                op->next = NULL;
+                if (rlast)
+                    rlast->next = op;
+                else
+                    retry = op;
+                rlast = op;
+                nretry++;
+                continue;
+            }
+            given_up++;
+        } else if (op->journaled) {
+            applied[op->slot]++;   /* in SQLite, or refused by it for good (logged) */
+        }
         if (op->cb)
             op->cb(op->ud, op->st, op->st == TG_OK ? op->row_id : 0);
         free(op);
@@ -191,15 +225,25 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
     writer_of = outer;
 
     pthread_mutex_lock(&lg->mu);
+    for (int i = 0; i < 2; i++)
+        if (applied[i])
+            tg_journal_applied(lg->journal, i, applied[i]);
     if (committed)
         lg->commits++;
-    lg->pending -= n;
-    lg->done_seq = last_seq;
-    lg->last_batch = n;
-    lg->busy = false;
+    lg->unapplied += given_up;
+    lg->pending -= n - nretry;
+    if (retry) {
+        /* older than anything queued since: back in front, in their order */
+        lg->done_seq = retry->seq - 1;
+        rlast->next = lg->head;
+        if (!lg->head)
+            lg->tail = rlast;
+        lg->head = retry;
+        lg->retry_wait = true;
+    } else {
+        lg->done_seq = last_seq;
+    }
     pthread_cond_broadcast(&lg->done);
-    if (lg->head || lg->closing)
-        pthread_cond_signal(&lg->work);   /* the writer waited for the connection */
     pthread_mutex_unlock(&lg->mu);
 }
 
@@ -209,8 +253,17 @@ static void *writer_main(void *arg)
     writer_of = lg;
     pthread_mutex_lock(&lg->mu);
     for (;;) {
-        while (lg->busy || (!lg->closing && (!lg->head || lg->paused)))
+        while (!lg->closing && (!lg->head || lg->paused))
             pthread_cond_wait(&lg->work, &lg->mu);
+        if (lg->retry_wait && !lg->closing) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += RETRY_MS * 1000000L;
+            ts.tv_sec += ts.tv_nsec / 1000000000L;
+            ts.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&lg->work, &lg->mu, &ts);
+        }
+        lg->retry_wait = false;
         if (!lg->head)
             break;   /* closing and drained */
         struct op *batch = lg->head, *last = batch;
@@ -223,7 +276,6 @@ static void *writer_main(void *arg)
         if (!lg->head)
             lg->tail = NULL;
         last->next = NULL;
-        lg->busy = true;
         pthread_mutex_unlock(&lg->mu);
         run_batch(lg, batch, n, last->seq);
         pthread_mutex_lock(&lg->mu);
@@ -271,8 +323,84 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
+/* ---- recovery at open ------------------------------------------------------------------ */
+
+struct replay {
+    struct tg_ledger_store *st;
+    int64_t applied, max_id;
+};
+
+/* One journal record into SQLite, unless SQLite already holds it: the journal is emptied
+ * only after the replay commits, so a record may have been written by the writer before
+ * the crash, or by an earlier replay. */
+static int replay_record(void *arg, const struct tg_journal_rec *rec)
+{
+    struct replay *rp = arg;
+    bool reserved = false, fatal = false;
+    int st = tg_store_row_reserved(rp->st, rec->row_id, &reserved);
+    if (st != TG_OK && st != TG_ERR_NOTFOUND)
+        return TG_ERR_IO;
+    bool exists = st == TG_OK;
+    if (rec->row_id > rp->max_id)
+        rp->max_id = rec->row_id;
+    switch (rec->kind) {
+    case TG_JOURNAL_INSERT:
+        if (exists)
+            return TG_OK;
+        st = tg_store_insert(rp->st, &rec->e, rec->settled_ms, rec->row_id, &fatal);
+        break;
+    case TG_JOURNAL_SETTLE:
+        if (!exists || !reserved)
+            return TG_OK;   /* settled already (or its reserve never made it: logged below) */
+        st = tg_store_settle(rp->st, rec->row_id, &rec->e, rec->settled_ms, &fatal);
+        break;
+    default:
+        if (!exists)
+            return TG_OK;
+        st = tg_store_mark_disconnected(rp->st, rec->row_id, &fatal);
+        break;
+    }
+    if (fatal)
+        return TG_ERR_IO;
+    if (st == TG_OK)
+        rp->applied++;
+    return TG_OK;
+}
+
+/* In one transaction: what a crash left only in the journal goes into SQLite, then every
+ * row still reserved becomes interrupted; once that is committed, the journal is emptied. */
+static int recover(struct tg_ledger *lg, const char *path, char *err, size_t errlen)
+{
+    struct tg_ledger_store *st = &lg->store;
+    struct replay rp = {.st = st};
+    int64_t records = 0;
+    int result = tg_store_begin(st);
+    if (result == TG_OK && lg->journal)
+        result = tg_journal_replay(lg->journal, replay_record, &rp, &records);
+    if (result == TG_OK)
+        result = tg_store_sweep(st);
+    if (result == TG_OK)
+        result = tg_store_commit(st);
+    else
+        tg_store_rollback(st);
+    if (result == TG_OK && lg->journal)
+        result = tg_journal_reset(lg->journal);
+    if (result != TG_OK) {
+        tg_set_err(err, errlen, "ledger: %s: cannot recover after a crash (replay the journal,"
+                   " mark reservations interrupted): %s", path,
+                   result == TG_ERR_NOMEM ? "out of memory" : sqlite3_errmsg(st->db));
+        return result;
+    }
+    if (rp.applied > 0)
+        tg_warn("ledger: %s: %lld operation(s) of %lld in the journal were not in SQLite yet"
+                " (a crash); written now", path, (long long)rp.applied, (long long)records);
+    lg->next_id = st->next_id > rp.max_id + 1 ? st->next_id : rp.max_id + 1;
+    return TG_OK;
+}
+
 static void ledger_destroy(struct tg_ledger *lg)
 {
+    tg_journal_close(lg->journal);
     sqlite3_close(lg->ckpt_db);
     pthread_cond_destroy(&lg->ckpt_cv);
     tg_store_close(&lg->store);
@@ -299,7 +427,16 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
     lg->max_batch = opts && opts->max_batch ? opts->max_batch : DEFAULT_MAX_BATCH;
     lg->queue_max = TG_LEDGER_QUEUE_MAX;
 
-    if (tg_store_open(&lg->store, path, opts && opts->synchronous_full, err, errlen) != TG_OK)
+    bool full = opts && opts->synchronous_full;
+    if (tg_store_open(&lg->store, path, full, err, errlen) != TG_OK)
+        goto fail;
+    /* an in-memory ledger has nothing to survive a crash for: no journal */
+    if (strcmp(path, ":memory:") != 0 && strncmp(path, "file:", 5) != 0) {
+        lg->journal = tg_journal_open(path, full, err, errlen);
+        if (!lg->journal)
+            goto fail;
+    }
+    if (recover(lg, path, err, errlen) != TG_OK)
         goto fail;
     sqlite3_wal_hook(lg->store.db, on_wal_commit, lg);
     if (lg->store.interrupted_at_open > 0)
@@ -340,50 +477,88 @@ void tg_ledger_close(struct tg_ledger *lg)
         pthread_join(lg->checkpointer, NULL);
     if (lg->writer_started)
         pthread_join(lg->writer, NULL);
-    /* The writer left only after the queue was empty. */
+    /* The writer left only after the queue was empty. Everything journaled is in SQLite
+     * unless a batch failed at the end: then the next open replays the journal. */
+    if (lg->journal && lg->unapplied == 0 && tg_journal_pending(lg->journal) == 0 &&
+        tg_journal_reset(lg->journal) != TG_OK)
+        tg_warn("ledger: the journal was not emptied; the next open replays it");
     ledger_destroy(lg);
 }
 
-/* Nothing queued or being written, and no load lately: an eager operation may be written
- * by its submitter. mu held. */
+/* An eager call on this thread now would be journaled and acknowledged at once. mu held. */
 static bool eager_ok(const struct tg_ledger *lg)
 {
-    return !lg->head && !lg->busy && !lg->paused && !lg->closing &&
-           lg->last_batch <= EAGER_MAX_BATCH;
+    return lg->journal && !lg->closing && writer_of != lg && acking != lg;
 }
 
-/* Queue op, or with eager and an idle ledger, write it on this thread now. */
+/* Queue op for the writer; with eager (and a journal), first make it durable in the journal
+ * and acknowledge it on this thread before returning. Every insert takes its row id here,
+ * in queue order. */
 static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
 {
-    int st = TG_OK;
-    bool here = false;
+    int st = TG_OK, ack = TG_OK, slot = 0;
+    bool journal = false;
+    tg_ledger_ack_cb cb = op->cb;
+    void *ud = op->ud;
+    int64_t row_id = 0;
     pthread_mutex_lock(&lg->mu);
     if (lg->closing && writer_of != lg) {
         st = TG_ERR_STATE;
     } else if (lg->pending >= lg->queue_max) {
         st = TG_ERR_LIMIT;
+    } else if (eager && eager_ok(lg) && op->kind == OP_SETTLE && op->row_id >= lg->next_id) {
+        journal = true;   /* acknowledged as the writer would, without a record */
+        ack = TG_ERR_NOTFOUND;
+        tg_warn("ledger: settle of request %s attempt %d: no row %lld", op->e.request_id,
+                op->e.attempt, (long long)op->row_id);
     } else {
-        op->seq = ++lg->enq_seq;
-        lg->pending++;
-        /* idle: nothing waits before op, so writing it here keeps the queue order */
-        here = eager && eager_ok(lg);
-        if (here) {
-            lg->busy = true;
+        if (op->kind == OP_INSERT)
+            op->row_id = lg->next_id++;
+        row_id = op->row_id;
+        journal = eager && eager_ok(lg);
+        if (journal) {
+            struct tg_journal_rec rec = {
+                .kind = op->kind == OP_INSERT   ? TG_JOURNAL_INSERT
+                        : op->kind == OP_SETTLE ? TG_JOURNAL_SETTLE
+                                                : TG_JOURNAL_MARK,
+                .row_id = op->row_id, .settled_ms = op->settled_ms, .e = op->e};
+            ack = tg_journal_append(lg->journal, &rec, &slot);
+        }
+        if (ack != TG_OK) {
+            if (op->kind == OP_INSERT)
+                lg->next_id--;   /* nobody took an id since: mu is held */
+            row_id = 0;
+            ack = TG_ERR_IO;
         } else {
+            op->journaled = journal;
+            op->slot = slot;
+            if (journal)
+                op->cb = NULL;   /* acknowledged below, not by the writer */
+            op->seq = ++lg->enq_seq;
+            lg->pending++;
             if (lg->tail)
                 lg->tail->next = op;
             else
                 lg->head = op;
             lg->tail = op;
+            op = NULL;   /* the writer's now */
             pthread_cond_signal(&lg->work);
         }
     }
     pthread_mutex_unlock(&lg->mu);
-    if (st != TG_OK)
-        free(op);
-    else if (here)
-        run_batch(lg, op, 1, op->seq);
-    return st;
+    free(op);   /* refused, or journaling failed */
+    if (st != TG_OK || !journal)
+        return st;
+    if (ack == TG_OK && tg_journal_sync(lg->journal, slot) != TG_OK)
+        tg_warn("ledger: the journal could not be synced; the operation is durable once the"
+                " writer commits it");
+    if (cb) {
+        const struct tg_ledger *outer = acking;
+        acking = lg;
+        cb(ud, ack, ack == TG_OK ? row_id : 0);
+        acking = outer;
+    }
+    return TG_OK;
 }
 
 bool tg_ledger_idle(struct tg_ledger *lg)
@@ -413,6 +588,8 @@ static struct op *op_new(enum op_kind kind, const struct tg_ledger_entry *e,
     op->row_id = 0;
     op->seq = 0;
     op->st = TG_OK;
+    op->journaled = false;
+    op->slot = 0;
     op->cb = cb;
     op->ud = ud;
     op->settled_ms = -1;

@@ -199,7 +199,6 @@ static int load_head(struct tg_ledger_store *st, const char *path, char *err, si
                 " `tollgate ledger verify`", path, last[0] ? last : "none",
                 (long long)st->head_seq);
     st->saved_seq = st->head_seq;   /* what tg_store_commit compares the head with */
-    st->saved_next_id = st->next_id;
     memcpy(st->saved_head, st->head, sizeof st->head);
     return TG_OK;
 }
@@ -263,14 +262,6 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     }
     if (result == TG_OK)
         result = load_head(st, path, err, errlen);
-    if (result == TG_OK) {
-        result = tg_store_sweep(st);
-        if (result != TG_OK)
-            tg_set_err(err, errlen, "ledger: %s: cannot mark crashed reservations interrupted:"
-                       " %s", path, result == TG_ERR_NOMEM ? "out of memory"
-                                                           : sqlite3_errmsg(st->db));
-    }
-    /* commit stores the head the sweep moved */
     if (result == TG_OK && tg_store_commit(st) != TG_OK) {
         tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         result = TG_ERR_IO;

@@ -416,19 +416,14 @@ static void held_clear(struct tg_ledger_store *st)
 }
 
 int tg_store_insert(struct tg_ledger_store *st, const struct tg_ledger_entry *e,
-                    int64_t settled_ms, int64_t *row_id, bool *fatal)
+                    int64_t settled_ms, int64_t id, bool *fatal)
 {
     struct tg_chain_value v[TG_CHAIN_NFIELDS];
-    int64_t id = st->next_id;
     entry_values(e, id, v);
     int result = write_row(st, st->insert, "insert", v, e, settled_ms,
                            e->status != TG_ROW_RESERVED, fatal);
-    if (result == TG_OK) {
-        st->next_id = id + 1;
-        *row_id = id;
-        if (e->status == TG_ROW_RESERVED)
-            held_put(st, v);
-    }
+    if (result == TG_OK && e->status == TG_ROW_RESERVED)
+        held_put(st, v);
     return result;
 }
 
@@ -503,6 +498,21 @@ static int load_row(struct tg_ledger_store *st, int64_t id,
         result = TG_ERR_IO;
     }
     sqlite3_reset(s);
+    return result;
+}
+
+int tg_store_row_reserved(struct tg_ledger_store *st, int64_t id, bool *reserved)
+{
+    struct tg_chain_value v[TG_CHAIN_NFIELDS];
+    bool fatal = false;
+    *reserved = false;
+    if (held_get(st, id, v)) {
+        *reserved = true;
+        return TG_OK;
+    }
+    int result = load_row(st, id, v, NULL, &fatal);
+    if (result == TG_OK)
+        *reserved = is_text(&v[TG_CF_STATUS], "reserved");
     return result;
 }
 
@@ -696,7 +706,6 @@ static int run_stmt(sqlite3_stmt *s)
 static void snapshot(struct tg_ledger_store *st)
 {
     st->saved_seq = st->head_seq;
-    st->saved_next_id = st->next_id;
     memcpy(st->saved_head, st->head, TG_CHAIN_HASH_LEN);
 }
 
@@ -716,7 +725,6 @@ void tg_store_rollback(struct tg_ledger_store *st)
         run_stmt(st->rollback);
     held_clear(st);   /* the batch's reservations and settlements are gone */
     st->head_seq = st->saved_seq;
-    st->next_id = st->saved_next_id;
     memcpy(st->head, st->saved_head, TG_CHAIN_HASH_LEN);
 }
 

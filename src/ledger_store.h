@@ -32,9 +32,9 @@ struct tg_ledger_store {
     /* The chain head: the last terminal row's chain_seq and row_hash (zeros before any). */
     int64_t head_seq;
     unsigned char head[TG_CHAIN_HASH_LEN];
-    int64_t next_id;              /* the id the next insert takes */
-    /* The same, as at the start of the open transaction (restored by a rollback). */
-    int64_t saved_seq, saved_next_id;
+    int64_t next_id;              /* at open: one past the largest row id */
+    /* The head as at the start of the open transaction (restored by a rollback). */
+    int64_t saved_seq;
     unsigned char saved_head[TG_CHAIN_HASH_LEN];
     char *scratch;                /* copies of a loaded row's strings for one operation */
     size_t scratch_cap;
@@ -44,7 +44,7 @@ struct tg_ledger_store {
 };
 
 /* Open or create the ledger file, create the schema, check its version, load the chain
- * head and sweep rows left reserved into interrupted (each chained and rolled up).
+ * head and the next row id. (The caller replays the journal, then sweeps.)
  * st must be zeroed. On failure err says why and st must still be closed. Returns TG_OK,
  * TG_ERR_PARSE (not a tollgate ledger / unknown version), TG_ERR_IO or TG_ERR_NOMEM. */
 int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full,
@@ -67,13 +67,17 @@ void tg_store_rollback(struct tg_ledger_store *st);
 /* One operation inside the open transaction. On TG_OK the row (and, for a terminal row, its
  * link and rollup) is written. Any other status fails this operation alone, unless *fatal
  * is set: then the transaction can no longer commit and the caller must roll it back.
- * insert: *row_id = the new id. settle: TG_ERR_NOTFOUND (no row), TG_ERR_STATE (the row is
+ * insert: the row takes id (the caller hands out ids). settle: TG_ERR_NOTFOUND (no row), TG_ERR_STATE (the row is
  * already terminal). mark: TG_ERR_NOTFOUND. settled_ms < 0 stores NULL. */
 int tg_store_insert(struct tg_ledger_store *st, const struct tg_ledger_entry *e,
-                    int64_t settled_ms, int64_t *row_id, bool *fatal) TG_WUR;
+                    int64_t settled_ms, int64_t id, bool *fatal) TG_WUR;
 int tg_store_settle(struct tg_ledger_store *st, int64_t row_id,
                     const struct tg_ledger_entry *e, int64_t settled_ms, bool *fatal) TG_WUR;
 int tg_store_mark_disconnected(struct tg_ledger_store *st, int64_t row_id,
                                bool *fatal) TG_WUR;
+
+/* Whether row id exists (TG_OK) and is still reserved; TG_ERR_NOTFOUND, TG_ERR_IO. For the
+ * journal's replay, which skips what SQLite already holds. */
+int tg_store_row_reserved(struct tg_ledger_store *st, int64_t id, bool *reserved) TG_WUR;
 
 #endif

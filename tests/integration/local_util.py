@@ -360,12 +360,13 @@ def ledger_row(gw, resp):
     or a StreamResult)."""
     rid = resp.header("x-tollgate-request-id")
     assert rid, resp.header_list
-    # answered requests are durable before the answer; rows of requests rejected before
-    # any attempt are written without waiting, so give those a moment
+    # an answer's row is durable before the answer (in the ledger's journal) but reaches
+    # SQLite with the writer's next batch, a moment later; rows of requests rejected before
+    # any attempt are queued without waiting: poll until the last row is settled
     deadline = time.monotonic() + 3
     while True:
         rows = ledger_rows(gw, rid)
-        if rows or time.monotonic() >= deadline:
+        if (rows and rows[-1]["status"] != "reserved") or time.monotonic() >= deadline:
             break
         time.sleep(0.02)
     assert rows, "no ledger row for request %s" % rid

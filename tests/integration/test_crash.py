@@ -4,7 +4,10 @@ The client keeps its own log: every response it received completely (non-streami
 and a whole JSON body; streaming: ended by data: [DONE] with no error event), with its
 x-tollgate-request-id. After the restart the ledger must hold exactly one billed row for
 each of them and never two billed rows for one request; the rows the kill left reserved
-are swept to 'interrupted' at start-up and the bill lists them apart.
+are swept to 'interrupted' at start-up and the bill lists them apart. The SQLite file read
+right after the kill may lack operations that were durable only in the ledger's journal
+(the writer had not put them in SQLite yet): the restart replays them first, so a row
+reserved in SQLite at the kill may come back billed, and a row absent then may come back.
 
 Also: a client that disconnects mid-stream still gets its row settled (failed,
 client_disconnected = 1, with the usage known so far)."""
@@ -185,6 +188,7 @@ class CrashRestart(H.GatewayTestCase):
 
         cls.gw = K.restart_gateway(cls.env, gw)
         cls.after = K.rows(cls.gw.ledger_path)
+        cls.interrupted = {r["id"]: r for r in cls.after if r["status"] == "interrupted"}
 
     # -- the kill really happened mid-load --
 
@@ -247,21 +251,24 @@ class CrashRestart(H.GatewayTestCase):
 
     def test_reserved_rows_became_interrupted(self):
         after = {r["id"]: r for r in self.after}
+        before = {r["id"] for r in self.before}
         for rid, r in self.reserved_at_kill.items():
             a = after[rid]
-            self.assertEqual(a["status"], "interrupted", a)
+            # interrupted, or settled by its journaled settlement
+            self.assertIn(a["status"], ("interrupted", "billed", "failed"), a)
             self.assertEqual(a["request_id"], r["request_id"])
             self.assertEqual(a["reserved_nano"], r["reserved_nano"], a)
         self.assertEqual([r for r in self.after if r["status"] == "reserved"], [],
                          "nothing may stay reserved after the start-up sweep")
-        interrupted = {r["id"] for r in self.after if r["status"] == "interrupted"}
-        self.assertEqual(interrupted, set(self.reserved_at_kill))
-        # none of them was answered completely
-        for r in self.reserved_at_kill.values():
-            self.assertNotIn(r["request_id"], self.complete, r)
+        self.assertTrue(self.interrupted, "the kill left nothing to sweep")
+        for rid, a in self.interrupted.items():
+            # reserved at the kill, or reserved in the journal only
+            self.assertTrue(rid in self.reserved_at_kill or rid not in before, a)
+            # none of them was answered completely
+            self.assertNotIn(a["request_id"], self.complete, a)
 
     def test_bill_lists_interrupted_apart(self):
-        n = len(self.reserved_at_kill)
+        n = len(self.interrupted)
         self.assertGreater(n, 0)
         p = subprocess.run([self.env.tg_bin, "bill", "--ledger", self.gw.ledger_path],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30, text=True)
@@ -287,7 +294,7 @@ class CrashRestart(H.GatewayTestCase):
         # have been billed upstream); read now, as other tests of this class add rows
         want = K.key_spent(self.gw.ledger_path, kid)
         self.assertEqual(H.usd_to_nano(k["spent_usd"]), want)
-        held = sum(r["reserved_nano"] or 0 for r in self.reserved_at_kill.values())
+        held = sum(r["reserved_nano"] or 0 for r in self.interrupted.values())
         self.assertGreater(held, 0)
         settled = sum(r["cost_nano"] or 0 for r in K.rows(self.gw.ledger_path)
                       if r["key_id"] == kid and r["status"] in ("billed", "failed"))

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,8 +43,8 @@ static int setup(void **state)
 static void rm_ledger(const char *path)
 {
     char p[160];
-    const char *suffixes[] = {"", "-wal", "-shm"};
-    for (int i = 0; i < 3; i++) {
+    const char *suffixes[] = {"", "-wal", "-shm", "-tgj0", "-tgj1"};
+    for (int i = 0; i < 5; i++) {
         snprintf(p, sizeof p, "%s%s", path, suffixes[i]);
         unlink(p);
     }
@@ -555,7 +556,7 @@ static void record_tack(void *ud, int st, int64_t row_id)
         struct tg_ledger_entry e;
         entry(&e, "nested");
         assert_int_equal(tg_ledger_insert_eager(a->lg, &e, record_tack, a->nested), TG_OK);
-        /* the connection is this ack's transaction's: queued, never written re-entrantly */
+        /* queued for the writer, never acknowledged re-entrantly */
         assert_int_equal(a->nested->calls, 0);
     }
 }
@@ -567,16 +568,17 @@ static void test_eager(void **state)
     struct tg_ledger_entry e;
     pthread_t me = pthread_self();
 
-    /* idle: written on this thread, acknowledged before the call returns */
+    /* journaled on this thread and acknowledged before the call returns; in SQLite once
+     * the writer has taken it */
     assert_true(tg_ledger_idle(lg));
-    uint64_t before = tg_ledger_test_commits(lg);
     struct tack a = {0};
     entry(&e, "eager-1");
     assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &a), TG_OK);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.st, TG_OK);
+    assert_true(a.row_id > 0);
     assert_true(pthread_equal(a.thread, me));
-    assert_int_equal(tg_ledger_test_commits(lg) - before, 1);
+    tg_ledger_flush(lg);
     sqlite3 *db = reader(f->path);
     assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id = 'eager-1'"
                                " AND status = 'reserved'"), 1);
@@ -586,58 +588,53 @@ static void test_eager(void **state)
     e.completion_tokens = 4;
     assert_int_equal(tg_ledger_settle_eager(lg, a.row_id, &e, record_tack, &s), TG_OK);
     assert_int_equal(s.calls, 1);
+    assert_int_equal(s.st, TG_OK);
     assert_true(pthread_equal(s.thread, me));
+    tg_ledger_flush(lg);
     char buf[32];
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT status FROM requests WHERE id = %lld", (long long)a.row_id);
     assert_string_equal(q_text(db, sql, buf, sizeof buf), "billed");
 
-    /* something queued first: the eager operation waits its turn behind it */
+    /* a held writer does not hold an eager operation back; ids follow the queue order */
     tg_ledger_test_pause(lg, true);
-    assert_false(tg_ledger_idle(lg));
+    assert_true(tg_ledger_idle(lg));
     struct tack q1 = {0}, q2 = {0};
     entry(&e, "queued-1");
     assert_int_equal(tg_ledger_insert(lg, &e, record_tack, &q1), TG_OK);
     entry(&e, "queued-2");
     assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &q2), TG_OK);
-    assert_int_equal(q1.calls + q2.calls, 0);
+    assert_int_equal(q2.calls, 1);
+    assert_int_equal(q1.calls, 0);   /* a plain insert waits for its commit */
     tg_ledger_test_pause(lg, false);
     tg_ledger_flush(lg);
     assert_int_equal(q1.calls, 1);
-    assert_int_equal(q2.calls, 1);
-    assert_false(pthread_equal(q2.thread, me));   /* the writer wrote it */
-    assert_int_equal(q2.row_id, q1.row_id + 1);   /* in queue order */
+    assert_false(pthread_equal(q1.thread, me));   /* the writer acknowledged it */
+    assert_int_equal(q2.row_id, q1.row_id + 1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id LIKE 'queued-%'"),
+                     2);
 
-    /* the last transaction held two: still light load, eager again */
-    assert_true(tg_ledger_idle(lg));
-    /* a batch of five means load: eager operations queue until batches shrink */
-    tg_ledger_test_pause(lg, true);
-    for (int i = 0; i < 5; i++) {
-        char rid[32];
-        snprintf(rid, sizeof rid, "load-%d", i);
-        entry(&e, rid);
-        assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
-    }
-    tg_ledger_test_pause(lg, false);
-    tg_ledger_flush(lg);
-    assert_false(tg_ledger_idle(lg));
-    struct tack l = {0};
-    entry(&e, "after-load");
-    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &l), TG_OK);
-    tg_ledger_flush(lg);
-    assert_int_equal(l.calls, 1);
-    assert_false(pthread_equal(l.thread, me));
-    assert_true(tg_ledger_idle(lg));   /* that one was alone in its transaction */
+    /* a settlement of a row that cannot exist is refused at once, with nothing written */
+    struct tack nf = {0};
+    e.status = TG_ROW_BILLED;
+    assert_int_equal(tg_ledger_settle_eager(lg, q2.row_id + 100, &e, record_tack, &nf), TG_OK);
+    assert_int_equal(nf.calls, 1);
+    assert_int_equal(nf.st, TG_ERR_NOTFOUND);
+    assert_int_equal(nf.row_id, 0);
 
-    /* an eager call from inside an eager acknowledgement is queued, not nested */
+    /* an eager call from inside an eager acknowledgement is queued, not nested (the writer
+     * is held so that it cannot acknowledge it before the check) */
     struct tack inner = {0}, outer = {.lg = lg, .nested = &inner};
     entry(&e, "outer");
+    tg_ledger_test_pause(lg, true);
     assert_int_equal(tg_ledger_insert_eager(lg, &e, record_tack, &outer), TG_OK);
     assert_int_equal(outer.calls, 1);
     assert_true(pthread_equal(outer.thread, me));
+    tg_ledger_test_pause(lg, false);
     tg_ledger_flush(lg);
     assert_int_equal(inner.calls, 1);
     assert_int_equal(inner.st, TG_OK);
+    assert_false(pthread_equal(inner.thread, me));
     assert_int_equal(inner.row_id, outer.row_id + 1);
     sqlite3_close(db);
 
@@ -1539,7 +1536,7 @@ static void test_failed_op_keeps_chain(void **state)
     assert_int_equal(a.st, TG_OK);
     assert_int_equal(b.st, TG_ERR_PARSE);
     assert_int_equal(c.st, TG_OK);
-    assert_int_equal(c.row_id, a.row_id + 1);
+    assert_int_equal(c.row_id, a.row_id + 2);   /* ids are handed out when queued */
     assert_intact(f->path, 2);
 
     /* A rollup that cannot be written fails the whole batch: nothing half-written. */
@@ -1564,7 +1561,7 @@ static void test_failed_op_keeps_chain(void **state)
     assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &h), TG_OK);
     tg_ledger_close(lg);
     assert_int_equal(h.st, TG_OK);
-    assert_int_equal(h.row_id, c.row_id + 1);   /* the failed batch gave its ids back */
+    assert_int_equal(h.row_id, c.row_id + 3);   /* the failed batch's ids are not reused */
     assert_intact(f->path, 3);
 }
 
@@ -1604,6 +1601,99 @@ static void run_cli(struct captured *c, int argc, const char **argv)
     close(saved_err);
     slurp(out, c->out, sizeof c->out);
     slurp(err, c->err, sizeof c->err);
+}
+
+/* Eager operations a crash left only in the journal: the next open writes them to SQLite
+ * once (a reserve without its settlement becomes interrupted, chained), skips what SQLite
+ * already held, ignores a torn append at the end, and empties the journal. */
+static void test_journal_replay(void **state)
+{
+    struct fixture *f = *state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
+        if (!lg)
+            _exit(3);
+        struct tg_ledger_entry e;
+        struct ack a = {0}, b = {0}, c = {0}, d = {0}, s1 = {0}, s2 = {0};
+        entry(&e, "applied");
+        if (tg_ledger_insert_eager(lg, &e, record_ack, &d) != TG_OK)
+            _exit(4);
+        tg_ledger_flush(lg);   /* in SQLite and still in the journal */
+        tg_ledger_test_pause(lg, true);   /* from here on, only in the journal */
+        entry(&e, "left-reserved");
+        int st = tg_ledger_insert_eager(lg, &e, record_ack, &a);
+        entry(&e, "settled");
+        st |= tg_ledger_insert_eager(lg, &e, record_ack, &b);
+        e.status = TG_ROW_BILLED;
+        e.prompt_tokens = 7;
+        e.completion_tokens = 5;
+        e.cost_nano = 1234;
+        e.http_status = 200;
+        st |= tg_ledger_settle_eager(lg, b.row_id, &e, record_ack, &s1);
+        entry(&e, "rejected");
+        e.status = TG_ROW_REJECTED;
+        e.http_status = 400;
+        e.cost_nano = 0;
+        st |= tg_ledger_insert_eager(lg, &e, record_ack, &c);
+        entry(&e, "applied");
+        e.status = TG_ROW_BILLED;
+        e.cost_nano = 99;
+        st |= tg_ledger_settle_eager(lg, d.row_id, &e, record_ack, &s2);
+        if (st != TG_OK || a.st | b.st | c.st | d.st | s1.st | s2.st ||
+            a.calls + b.calls + c.calls + d.calls + s1.calls + s2.calls != 6)
+            _exit(5);
+        _exit(0);   /* no close, no destructors: kill -9 with the writer behind */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 1);
+    sqlite3_close(db);
+
+    /* a record the crash cut short at the end of the journal */
+    char jpath[160];
+    snprintf(jpath, sizeof jpath, "%s-tgj0", f->path);
+    FILE *fp = fopen(jpath, "ab");
+    assert_non_null(fp);
+    const unsigned char torn[] = {'T', 'G', 'J', '1', 200, 0, 0, 0, 1, 0, 0, 0};
+    assert_int_equal(fwrite(torn, 1, sizeof torn, fp), sizeof torn);
+    fclose(fp);
+
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 1);
+    tg_ledger_close(lg);
+    db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 4);
+    char buf[32];
+    assert_string_equal(q_text(db, "SELECT status FROM requests WHERE request_id ="
+                                   " 'left-reserved'", buf, sizeof buf), "interrupted");
+    assert_int_equal(q_int(db, "SELECT prompt_tokens * 1000000 + completion_tokens * 10000"
+                               " + cost_nano FROM requests WHERE request_id = 'settled'"
+                               " AND status = 'billed'"), 7051234);
+    assert_string_equal(q_text(db, "SELECT status FROM requests WHERE request_id ="
+                                   " 'rejected'", buf, sizeof buf), "rejected");
+    assert_int_equal(q_int(db, "SELECT cost_nano FROM requests WHERE request_id = 'applied'"
+                               " AND status = 'billed'"), 99);
+    assert_int_equal(q_int(db, "SELECT sum(requests) FROM bill_daily"), 4);
+    sqlite3_close(db);
+    assert_intact(f->path, 4);
+    struct stat sb;
+    assert_int_equal(stat(jpath, &sb), 0);
+    assert_true(sb.st_size <= 16);   /* emptied: a header at most */
+
+    /* nothing is written twice by a second open */
+    lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 0);
+    tg_ledger_close(lg);
+    db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 4);
+    sqlite3_close(db);
+    assert_intact(f->path, 4);
 }
 
 static void test_cli_verify(void **state)
@@ -1690,6 +1780,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sweep_is_chained, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reference_cost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_journal_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,435 @@
+/* ledger_journal.c: the ledger's intent journal (ledger_journal.h): two append-only files of
+ * checksummed records, written with one pwrite each, read back only by the replay at open.
+ * It never opens SQLite: what a record means is src/ledger.c's business. */
+#include "ledger_journal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "json_util.h"
+#include "tollgate/log.h"
+
+/* File header: magic, then the generation (which of the two files is older). */
+static const char file_magic[8] = {'T', 'G', 'J', 'R', 'N', 'L', 0, 1};
+#define HEADER_LEN 16
+/* Record: magic, payload length, payload, the first bytes of SHA-256(magic, length, payload). */
+#define REC_MAGIC 0x314a4754u   /* "TGJ1" */
+#define REC_HEAD 8
+#define REC_SUM 8
+/* The largest payload: 2 + 16 integers, nine strings of at most TG_MODEL_MAX bytes. */
+#define PAYLOAD_MAX 4096
+
+struct tg_journal {
+    int fd[2];
+    char *path[2];
+    int64_t len[2];          /* bytes written (0 = empty, free for reuse) */
+    uint64_t gen[2];         /* generation in the header; 0 = empty */
+    uint64_t pending[2];     /* records appended, not yet applied */
+    int active;              /* -1 until tg_journal_reset */
+    bool sync_full;
+};
+
+/* ---- encoding -------------------------------------------------------------------------- */
+
+struct enc {
+    unsigned char *p;
+    size_t n, cap;
+    bool over;
+};
+
+static void put(struct enc *w, const void *v, size_t n)
+{
+    if (w->over || n > w->cap - w->n) {
+        w->over = true;
+        return;
+    }
+    memcpy(w->p + w->n, v, n);
+    w->n += n;
+}
+
+static void put_i64(struct enc *w, int64_t v)
+{
+    put(w, &v, sizeof v);
+}
+
+static void put_str(struct enc *w, const char *s, size_t cap)
+{
+    uint16_t n = (uint16_t)strnlen(s, cap);
+    put(w, &n, sizeof n);
+    put(w, s, n);
+}
+
+/* The entry's fields in one fixed order (decode_entry reads them back in the same). */
+static void encode_entry(struct enc *w, const struct tg_ledger_entry *e)
+{
+    const int64_t ints[] = {e->attempt, e->prompt_tokens, e->completion_tokens,
+                            e->cached_tokens, e->usage_source, e->cost_nano,
+                            e->reserved_nano, e->reference_cost_nano, e->status,
+                            e->http_status, e->ttfb_us, e->duration_us, e->queue_us,
+                            e->streamed, e->client_disconnected, e->created_ms};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        put_i64(w, ints[i]);
+    put_str(w, e->request_id, sizeof e->request_id);
+    put_str(w, e->key_id, sizeof e->key_id);
+    put_str(w, e->provider, sizeof e->provider);
+    put_str(w, e->model_requested, sizeof e->model_requested);
+    put_str(w, e->model_canonical, sizeof e->model_canonical);
+    put_str(w, e->model_upstream, sizeof e->model_upstream);
+    put_str(w, e->upstream_request_id, sizeof e->upstream_request_id);
+    put_str(w, e->price_version, sizeof e->price_version);
+    put_str(w, e->error_type, sizeof e->error_type);
+}
+
+struct dec {
+    const unsigned char *p;
+    size_t n, at;
+    bool bad;
+};
+
+static int64_t get_i64(struct dec *r)
+{
+    int64_t v = 0;
+    if (r->bad || r->n - r->at < sizeof v) {
+        r->bad = true;
+        return 0;
+    }
+    memcpy(&v, r->p + r->at, sizeof v);
+    r->at += sizeof v;
+    return v;
+}
+
+static void get_str(struct dec *r, char *out, size_t cap)
+{
+    uint16_t n = 0;
+    out[0] = '\0';
+    if (r->bad || r->n - r->at < sizeof n) {
+        r->bad = true;
+        return;
+    }
+    memcpy(&n, r->p + r->at, sizeof n);
+    r->at += sizeof n;
+    if (n > cap || r->n - r->at < n) {
+        r->bad = true;
+        return;
+    }
+    memcpy(out, r->p + r->at, n);
+    if (n < cap)
+        out[n] = '\0';   /* a string filling its whole array stays unterminated, as given */
+    r->at += n;
+}
+
+static void decode_entry(struct dec *r, struct tg_ledger_entry *e)
+{
+    tg_ledger_entry_init(e);
+    e->attempt = (int)get_i64(r);
+    e->prompt_tokens = get_i64(r);
+    e->completion_tokens = get_i64(r);
+    e->cached_tokens = get_i64(r);
+    e->usage_source = (enum tg_usage_source)get_i64(r);
+    e->cost_nano = get_i64(r);
+    e->reserved_nano = get_i64(r);
+    e->reference_cost_nano = get_i64(r);
+    e->status = (enum tg_row_status)get_i64(r);
+    e->http_status = (int)get_i64(r);
+    e->ttfb_us = get_i64(r);
+    e->duration_us = get_i64(r);
+    e->queue_us = get_i64(r);
+    e->streamed = get_i64(r) != 0;
+    e->client_disconnected = get_i64(r) != 0;
+    e->created_ms = get_i64(r);
+    get_str(r, e->request_id, sizeof e->request_id);
+    get_str(r, e->key_id, sizeof e->key_id);
+    get_str(r, e->provider, sizeof e->provider);
+    get_str(r, e->model_requested, sizeof e->model_requested);
+    get_str(r, e->model_canonical, sizeof e->model_canonical);
+    get_str(r, e->model_upstream, sizeof e->model_upstream);
+    get_str(r, e->upstream_request_id, sizeof e->upstream_request_id);
+    get_str(r, e->price_version, sizeof e->price_version);
+    get_str(r, e->error_type, sizeof e->error_type);
+}
+
+static void checksum(const unsigned char *rec, size_t n, unsigned char out[REC_SUM])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(rec, n, md);
+    memcpy(out, md, REC_SUM);
+}
+
+/* ---- files ----------------------------------------------------------------------------- */
+
+static int write_all(int fd, const void *buf, size_t n, off_t at)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return TG_ERR_IO;
+        p += w;
+        n -= (size_t)w;
+        at += w;
+    }
+    return TG_OK;
+}
+
+/* Read file i whole (returns new buffer, *n its size; NULL with *n 0 for an empty file). */
+static int read_file(struct tg_journal *j, int i, unsigned char **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    struct stat sb;
+    if (fstat(j->fd[i], &sb) != 0)
+        return TG_ERR_IO;
+    if (sb.st_size == 0)
+        return TG_OK;
+    unsigned char *buf = malloc((size_t)sb.st_size);
+    if (!buf)
+        return TG_ERR_NOMEM;
+    size_t got = 0;
+    while (got < (size_t)sb.st_size) {
+        ssize_t r = pread(j->fd[i], buf + got, (size_t)sb.st_size - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            free(buf);
+            return TG_ERR_IO;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    *out = buf;
+    *n = got;
+    return TG_OK;
+}
+
+static uint64_t header_gen(const unsigned char *buf, size_t n)
+{
+    uint64_t gen = 0;
+    if (n < HEADER_LEN || memcmp(buf, file_magic, sizeof file_magic) != 0)
+        return 0;
+    memcpy(&gen, buf + sizeof file_magic, sizeof gen);
+    return gen;
+}
+
+struct tg_journal *tg_journal_open(const char *db_path, bool sync_full, char *err,
+                                   size_t errlen)
+{
+    struct tg_journal *j = calloc(1, sizeof *j);
+    if (!j) {
+        tg_set_err(err, errlen, "ledger: out of memory");
+        return NULL;
+    }
+    j->fd[0] = j->fd[1] = -1;
+    j->active = -1;
+    j->sync_full = sync_full;
+    for (int i = 0; i < 2; i++) {
+        size_t n = strlen(db_path) + sizeof "-tgj0";
+        j->path[i] = malloc(n);
+        if (!j->path[i]) {
+            tg_set_err(err, errlen, "ledger: out of memory");
+            goto fail;
+        }
+        snprintf(j->path[i], n, "%s-tgj%d", db_path, i);
+        /* 0600: the same money as the ledger, and only the daemon reads it */
+        j->fd[i] = open(j->path[i], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (j->fd[i] < 0) {
+            tg_set_err(err, errlen, "ledger: cannot open the journal %s: %s", j->path[i],
+                       strerror(errno));
+            goto fail;
+        }
+    }
+    return j;
+
+fail:
+    tg_journal_close(j);
+    return NULL;
+}
+
+void tg_journal_close(struct tg_journal *j)
+{
+    if (!j)
+        return;
+    for (int i = 0; i < 2; i++) {
+        if (j->fd[i] >= 0)
+            close(j->fd[i]);
+        free(j->path[i]);
+    }
+    free(j);
+}
+
+/* The records of one file's image, in order, to fn. */
+static int replay_image(const unsigned char *buf, size_t n, const char *path, tg_journal_fn fn,
+                        void *ud, int64_t *count)
+{
+    size_t at = HEADER_LEN;
+    struct tg_journal_rec rec;
+    while (n - at >= REC_HEAD + REC_SUM) {
+        uint32_t magic, len;
+        memcpy(&magic, buf + at, sizeof magic);
+        memcpy(&len, buf + at + 4, sizeof len);
+        if (magic != REC_MAGIC || len > PAYLOAD_MAX || n - at - REC_HEAD - REC_SUM < len)
+            break;
+        unsigned char sum[REC_SUM];
+        checksum(buf + at, REC_HEAD + len, sum);
+        if (memcmp(sum, buf + at + REC_HEAD + len, REC_SUM) != 0)
+            break;
+        struct dec r = {.p = buf + at + REC_HEAD, .n = len};
+        memset(&rec, 0, sizeof rec);
+        rec.kind = (enum tg_journal_kind)get_i64(&r);
+        rec.row_id = get_i64(&r);
+        rec.settled_ms = get_i64(&r);
+        if (rec.kind == TG_JOURNAL_INSERT || rec.kind == TG_JOURNAL_SETTLE)
+            decode_entry(&r, &rec.e);
+        if (r.bad || rec.row_id <= 0 || rec.kind < TG_JOURNAL_INSERT ||
+            rec.kind > TG_JOURNAL_MARK) {
+            tg_warn("ledger: %s: an undecodable record at offset %zu ends the replay of this"
+                    " file", path, at);
+            break;
+        }
+        int st = fn(ud, &rec);
+        if (st != TG_OK)
+            return st;
+        (*count)++;
+        at += REC_HEAD + len + REC_SUM;
+    }
+    if (at < n)
+        tg_info("ledger: %s: %zu byte(s) of an unfinished append ignored", path, n - at);
+    return TG_OK;
+}
+
+int tg_journal_replay(struct tg_journal *j, tg_journal_fn fn, void *ud, int64_t *count)
+{
+    unsigned char *img[2] = {NULL, NULL};
+    size_t n[2] = {0, 0};
+    int result = TG_OK;
+    *count = 0;
+    for (int i = 0; i < 2 && result == TG_OK; i++)
+        result = read_file(j, i, &img[i], &n[i]);
+    if (result != TG_OK) {
+        tg_error("ledger: cannot read the journal: %s", strerror(errno));
+        goto out;
+    }
+    uint64_t g0 = header_gen(img[0], n[0]), g1 = header_gen(img[1], n[1]);
+    int first = g1 && (!g0 || g1 < g0) ? 1 : 0;
+    for (int k = 0; k < 2 && result == TG_OK; k++) {
+        int i = k == 0 ? first : 1 - first;
+        if (header_gen(img[i], n[i]))
+            result = replay_image(img[i], n[i], j->path[i], fn, ud, count);
+    }
+    j->gen[0] = g0;
+    j->gen[1] = g1;
+out:
+    free(img[0]);
+    free(img[1]);
+    return result;
+}
+
+/* Make slot i the active file: empty, with a new generation's header. */
+static int start_file(struct tg_journal *j, int i, uint64_t gen)
+{
+    unsigned char head[HEADER_LEN];
+    memcpy(head, file_magic, sizeof file_magic);
+    memcpy(head + sizeof file_magic, &gen, sizeof gen);
+    if (ftruncate(j->fd[i], 0) != 0 || write_all(j->fd[i], head, sizeof head, 0) != TG_OK)
+        return TG_ERR_IO;
+    j->gen[i] = gen;
+    j->len[i] = HEADER_LEN;
+    j->active = i;
+    return TG_OK;
+}
+
+int tg_journal_reset(struct tg_journal *j)
+{
+    uint64_t gen = (j->gen[0] > j->gen[1] ? j->gen[0] : j->gen[1]) + 1;
+    j->active = -1;
+    j->pending[0] = j->pending[1] = 0;
+    int result = TG_OK;
+    if (ftruncate(j->fd[1], 0) != 0)
+        result = TG_ERR_IO;
+    j->gen[1] = 0;
+    j->len[1] = 0;
+    if (result == TG_OK)
+        result = start_file(j, 0, gen);
+    /* A replayed journal must not come back after a power loss once its rows are in
+     * SQLite... harmless if it did (the replay skips what is there), but not free. */
+    if (result == TG_OK && j->sync_full && (fsync(j->fd[0]) != 0 || fsync(j->fd[1]) != 0))
+        result = TG_ERR_IO;
+    if (result != TG_OK)
+        tg_error("ledger: cannot empty the journal %s: %s", j->path[0], strerror(errno));
+    return result;
+}
+
+int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec, int *slot)
+{
+    if (j->active < 0)
+        return TG_ERR_IO;
+    int other = 1 - j->active;
+    /* rotate: the other file is empty (its records all applied) */
+    if (j->len[j->active] >= (int64_t)TG_JOURNAL_ROTATE_BYTES && j->len[other] == 0 &&
+        j->pending[other] == 0 &&
+        start_file(j, other, j->gen[j->active] + 1) != TG_OK)
+        tg_warn("ledger: cannot start the journal %s: %s; appending to %s", j->path[other],
+                strerror(errno), j->path[j->active]);
+
+    unsigned char buf[REC_HEAD + PAYLOAD_MAX + REC_SUM];
+    struct enc w = {.p = buf + REC_HEAD, .cap = PAYLOAD_MAX};
+    put_i64(&w, rec->kind);
+    put_i64(&w, rec->row_id);
+    put_i64(&w, rec->settled_ms);
+    if (rec->kind != TG_JOURNAL_MARK)
+        encode_entry(&w, &rec->e);
+    if (w.over)
+        return TG_ERR_RANGE;
+    uint32_t magic = REC_MAGIC, len = (uint32_t)w.n;
+    memcpy(buf, &magic, sizeof magic);
+    memcpy(buf + 4, &len, sizeof len);
+    checksum(buf, REC_HEAD + w.n, buf + REC_HEAD + w.n);
+    int i = j->active;
+    size_t total = REC_HEAD + w.n + REC_SUM;
+    if (write_all(j->fd[i], buf, total, (off_t)j->len[i]) != TG_OK) {
+        tg_error("ledger: cannot append to the journal %s: %s", j->path[i], strerror(errno));
+        return TG_ERR_IO;
+    }
+    j->len[i] += (int64_t)total;
+    j->pending[i]++;
+    *slot = i;
+    return TG_OK;
+}
+
+int tg_journal_sync(struct tg_journal *j, int slot)
+{
+    if (!j->sync_full)
+        return TG_OK;
+    if (fdatasync(j->fd[slot]) != 0) {
+        tg_error("ledger: cannot sync the journal %s: %s", j->path[slot], strerror(errno));
+        return TG_ERR_IO;
+    }
+    return TG_OK;
+}
+
+void tg_journal_applied(struct tg_journal *j, int slot, unsigned n)
+{
+    j->pending[slot] = j->pending[slot] > n ? j->pending[slot] - n : 0;
+    if (slot == j->active || j->pending[slot] > 0 || j->len[slot] == 0)
+        return;
+    /* a retired file whose every record is in SQLite: empty it for the next rotation */
+    if (ftruncate(j->fd[slot], 0) != 0) {
+        tg_warn("ledger: cannot empty the journal %s: %s", j->path[slot], strerror(errno));
+        return;
+    }
+    j->len[slot] = 0;
+    j->gen[slot] = 0;
+}
+
+uint64_t tg_journal_pending(const struct tg_journal *j)
+{
+    return j->pending[0] + j->pending[1];
+}

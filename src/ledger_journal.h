@@ -1,0 +1,72 @@
+/* ledger_journal.h: the ledger's intent journal: an append-only file beside the SQLite
+ * ledger where an eager operation (a reserve, a settlement) becomes durable with one write,
+ * before the writer thread has put it into SQLite. Replayed into SQLite at the next open
+ * after a crash. Private to src/ledger.c; it never opens SQLite and never computes a price.
+ *
+ * Two files, `<ledger>-tgj0` and `<ledger>-tgj1`: appends go to the active one; past
+ * TG_JOURNAL_ROTATE_BYTES the other becomes active once it is empty, and a retired file is
+ * emptied when every record in it has been written to SQLite. Not thread-safe: every call
+ * is made with the ledger's mutex held. Records are in host byte order (a journal is read
+ * back by the same machine after a crash, not carried elsewhere). */
+#ifndef TOLLGATE_LEDGER_JOURNAL_H
+#define TOLLGATE_LEDGER_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tollgate/ledger.h"
+
+#define TG_JOURNAL_ROTATE_BYTES (8u << 20)
+
+enum tg_journal_kind { TG_JOURNAL_INSERT = 1, TG_JOURNAL_SETTLE, TG_JOURNAL_MARK };
+
+/* One operation as journaled. e is unused for TG_JOURNAL_MARK. */
+struct tg_journal_rec {
+    enum tg_journal_kind kind;
+    int64_t row_id;          /* insert: the id the row takes; settle, mark: the row */
+    int64_t settled_ms;      /* -1 = NULL */
+    struct tg_ledger_entry e;
+};
+
+struct tg_journal;
+
+/* Open (creating if missing) both journal files of the ledger at db_path. sync_full: each
+ * append is followed by fdatasync (tg_journal_sync). Returns new (tg_journal_close) or NULL
+ * with err set. */
+struct tg_journal *tg_journal_open(const char *db_path, bool sync_full, char *err,
+                                   size_t errlen);
+void tg_journal_close(struct tg_journal *j);
+
+/* Every complete record of both files, the older file first, each in append order, to fn
+ * (borrowed rec, valid during the call). A torn or damaged tail ends a file's records (a
+ * crash during an append: that operation was never acknowledged). fn returns TG_OK to go
+ * on; anything else stops the walk and is returned. *count = records passed to fn. */
+typedef int (*tg_journal_fn)(void *ud, const struct tg_journal_rec *rec);
+int tg_journal_replay(struct tg_journal *j, tg_journal_fn fn, void *ud,
+                      int64_t *count) TG_WUR;
+
+/* Empty both files (after a replay has been committed to SQLite, or at a clean close).
+ * TG_OK or TG_ERR_IO. */
+int tg_journal_reset(struct tg_journal *j) TG_WUR;
+
+/* Append one record to the active file (rotating first when it is full and the other file
+ * is empty). *slot = the file it went to, for tg_journal_applied. TG_OK, TG_ERR_IO (nothing
+ * counted; a partial record is overwritten by the next append) or TG_ERR_RANGE (a record
+ * that cannot be encoded). Durable against a process crash on return; against power loss
+ * only after tg_journal_sync. */
+int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec,
+                      int *slot) TG_WUR;
+
+/* With sync_full, fdatasync the file of slot (without the ledger's mutex: it only reads
+ * the descriptor, which stays open until close). TG_OK or TG_ERR_IO. */
+int tg_journal_sync(struct tg_journal *j, int slot) TG_WUR;
+
+/* n records appended to slot are now in SQLite (committed) or never will be: when the
+ * last record of a retired file is, the file is emptied for reuse. */
+void tg_journal_applied(struct tg_journal *j, int slot, unsigned n);
+
+/* Records appended and not yet reported applied, both files. */
+uint64_t tg_journal_pending(const struct tg_journal *j);
+
+#endif
