@@ -26,6 +26,13 @@
  * its journaled operations were acknowledged and must reach SQLite. */
 #define RETRY_MS 200
 
+/* Journaled operations need no commit to be durable, so the writer lets them gather this
+ * long before it writes them (unless a plain operation waits for its acknowledgement, a
+ * flush is waiting, the batch is full or the ledger closes): one commit for a few ms of
+ * traffic instead of one per operation at a trickle. Also how far SQLite may lag the
+ * journal for a reader of the file. */
+#define GATHER_US 5000
+
 /* The checkpointer copies the WAL back once it holds this many frames (1 MiB of 1 KiB
  * pages); the writer checkpoints itself only past WAL_BACKSTOP_FRAMES (64 MiB of 1 KiB
  * pages; 256 MiB for a ledger created with 4 KiB pages by an older tollgate), should the
@@ -50,6 +57,7 @@ struct op {
     int st;                /* outcome, written by the writer before the ack */
     bool journaled;        /* durable in the journal and acknowledged: cb is NULL */
     int slot;              /* journaled: the journal file it went to */
+    int64_t enq_us;        /* monotonic time it was queued */
     tg_ledger_ack_cb cb;
     void *ud;
     struct tg_ledger_entry e;
@@ -75,6 +83,10 @@ struct tg_ledger {
     bool closing;
     bool paused;
     bool retry_wait;               /* the last batch failed: pause RETRY_MS before the next */
+    bool writer_idle;              /* the writer waits for work: a new operation signals */
+    bool gathering;                /* the writer lets journaled operations gather */
+    unsigned plain_queued;         /* queued operations whose caller waits for the ack */
+    unsigned flushers;             /* threads in tg_ledger_flush */
     struct tg_journal *journal;    /* NULL for an in-memory ledger: eager calls queue */
     int64_t next_id;               /* the id the next insert takes */
     uint64_t unapplied;            /* journaled operations given up at close (replayed at
@@ -247,31 +259,64 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
     pthread_mutex_unlock(&lg->mu);
 }
 
+/* Whether the writer should write what is queued now rather than let it gather. mu held. */
+static bool write_now(const struct tg_ledger *lg)
+{
+    return lg->closing || lg->plain_queued > 0 || lg->flushers > 0 ||
+           lg->pending >= lg->max_batch || !lg->journal;
+}
+
+static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t mono_us)
+{
+    /* the condition variables use CLOCK_REALTIME: convert the remaining time */
+    int64_t left = mono_us - tg_now_us();
+    if (left <= 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += left / 1000000;
+    ts.tv_nsec += (left % 1000000) * 1000;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 static void *writer_main(void *arg)
 {
     struct tg_ledger *lg = arg;
     writer_of = lg;
     pthread_mutex_lock(&lg->mu);
     for (;;) {
-        while (!lg->closing && (!lg->head || lg->paused))
+        while (!lg->closing && (!lg->head || lg->paused)) {
+            lg->writer_idle = true;
             pthread_cond_wait(&lg->work, &lg->mu);
-        if (lg->retry_wait && !lg->closing) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += RETRY_MS * 1000000L;
-            ts.tv_sec += ts.tv_nsec / 1000000000L;
-            ts.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&lg->work, &lg->mu, &ts);
         }
+        lg->writer_idle = false;
+        if (lg->retry_wait && !lg->closing)
+            wait_until(&lg->work, &lg->mu, tg_now_us() + RETRY_MS * 1000);
         lg->retry_wait = false;
-        if (!lg->head)
-            break;   /* closing and drained */
+        /* let journaled operations gather (woken early by write_now's reasons) */
+        while (lg->head && !lg->paused && !write_now(lg) &&
+               tg_now_us() < lg->head->enq_us + GATHER_US) {
+            lg->gathering = true;
+            wait_until(&lg->work, &lg->mu, lg->head->enq_us + GATHER_US);
+        }
+        lg->gathering = false;
+        if (!lg->head) {
+            if (lg->closing)
+                break;   /* closing and drained */
+            continue;
+        }
+        if (lg->paused && !lg->closing)
+            continue;
         struct op *batch = lg->head, *last = batch;
-        unsigned n = 1;
+        unsigned n = 1, plain = !batch->journaled;
         while (last->next && n < lg->max_batch) {
             last = last->next;
+            plain += !last->journaled;
             n++;
         }
+        lg->plain_queued -= plain;
         lg->head = last->next;
         if (!lg->head)
             lg->tail = NULL;
@@ -535,14 +580,18 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
             if (journal)
                 op->cb = NULL;   /* acknowledged below, not by the writer */
             op->seq = ++lg->enq_seq;
+            op->enq_us = tg_now_us();
             lg->pending++;
+            lg->plain_queued += !journal;
             if (lg->tail)
                 lg->tail->next = op;
             else
                 lg->head = op;
             lg->tail = op;
             op = NULL;   /* the writer's now */
-            pthread_cond_signal(&lg->work);
+            /* a gathering writer is woken only when it should stop gathering */
+            if (lg->writer_idle || (lg->gathering && write_now(lg)))
+                pthread_cond_signal(&lg->work);
         }
     }
     pthread_mutex_unlock(&lg->mu);
@@ -672,8 +721,11 @@ void tg_ledger_flush(struct tg_ledger *lg)
         return;
     pthread_mutex_lock(&lg->mu);
     uint64_t target = lg->enq_seq;
+    lg->flushers++;
+    pthread_cond_signal(&lg->work);   /* no gathering while someone waits */
     while (lg->done_seq < target)
         pthread_cond_wait(&lg->done, &lg->mu);
+    lg->flushers--;
     pthread_mutex_unlock(&lg->mu);
 }
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -245,6 +246,17 @@ struct tg_journal *tg_journal_open(const char *db_path, bool sync_full, char *er
                        strerror(errno));
             goto fail;
         }
+    }
+    /* One daemon per ledger: a second would replay and empty the first one's journal and
+     * sweep its rows in flight. The lock goes with the process, however it ends. */
+    if (flock(j->fd[0], LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            tg_set_err(err, errlen, "ledger: %s is in use by another tollgate process (its"
+                       " journal is locked); run one daemon per ledger file", db_path);
+        else
+            tg_set_err(err, errlen, "ledger: cannot lock the journal of %s: %s", db_path,
+                       strerror(errno));
+        goto fail;
     }
     return j;
 

@@ -1,8 +1,11 @@
 /* ledger.h: the metering ledger (SQLite, WAL). One writer thread group-commits reserve and
- * settle operations; callers get an acknowledgement callback once their row is durable.
- * Terminal rows (billed, failed, rejected, interrupted) are hash-chained (SHA-256) and
- * rolled up per day for the bill in the same transaction. Readers (the bill, verify) open
- * the file on their own connection. It never computes prices. */
+ * settle operations; callers get an acknowledgement callback once their row is durable:
+ * for a plain call, once committed to SQLite; for an eager call, once appended to the
+ * ledger's intent journal (`<path>-tgj0`, `-tgj1`), on the caller's thread, with the SQLite
+ * commit following within a few ms and a replay at the next open after a crash. Terminal
+ * rows (billed, failed, rejected, interrupted) are hash-chained (SHA-256) and rolled up per
+ * day for the bill in the same transaction. Readers (the bill, verify) open the file on
+ * their own connection. It never computes prices. */
 #ifndef TOLLGATE_LEDGER_H
 #define TOLLGATE_LEDGER_H
 
@@ -65,9 +68,9 @@ struct tg_ledger_entry {
 /* Fill e with "unknown" values (-1s, empty strings, status RESERVED, attempt 1). */
 void tg_ledger_entry_init(struct tg_ledger_entry *e);
 
-/* Called on the writer thread (or, for an eager operation written at once, on the thread
- * that submitted it, before the submitting call returns) after the operation's transaction
- * committed (st == TG_OK, row_id set) or failed (st < 0, row_id 0). Must not block and
+/* Called on the writer thread after the operation's transaction committed (st == TG_OK,
+ * row_id set) or failed (st < 0, row_id 0); for an eager operation, on the thread that
+ * submitted it, before the submitting call returns, once it is journaled. Must not block and
  * must not call back into the ledger synchronously... it may enqueue further ledger
  * operations. (Failures:
  * TG_ERR_NOTFOUND = settle of a row that does not exist, TG_ERR_PARSE = the row broke a
@@ -79,18 +82,23 @@ typedef void (*tg_ledger_ack_cb)(void *ud, int st, int64_t row_id);
 struct tg_ledger;
 
 struct tg_ledger_options {
-    bool synchronous_full;   /* PRAGMA synchronous=FULL (power-loss safe) instead of NORMAL */
+    bool synchronous_full;   /* PRAGMA synchronous=FULL and an fdatasync of each journal
+                                append (power-loss safe) instead of NORMAL */
     unsigned max_batch;      /* operations per transaction; 0 = default (512) */
 };
 
 /* Open or create the ledger at path (schema created/migrated, WAL on), load the chain head,
- * sweep rows left RESERVED by a crash into INTERRUPTED (chained and rolled up like any
- * terminal row), start the writer thread. Returns new (free with tg_ledger_close) or NULL
+ * write what a crash left only in the journal into SQLite (rows SQLite holds already are
+ * skipped), sweep rows left RESERVED into INTERRUPTED (chained and rolled up like any
+ * terminal row), empty the journal, start the writer thread. Fails while another process
+ * has the ledger open (the journal is locked). ":memory:" and "file:" URIs get no journal
+ * (eager calls then queue like plain ones). Returns new (free with tg_ledger_close) or NULL
  * with a message in err. opts may be NULL. */
 struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_options *opts,
                                  char *err, size_t errlen);
 
-/* Drain every queued operation, commit, stop the writer thread and close. NULL is ok.
+/* Drain every queued operation, commit, stop the writer thread, empty the journal (unless a
+ * batch could not be committed: then the next open replays it) and close. NULL is ok.
  * (Insert/settle from other threads get TG_ERR_STATE once closing starts; none may be
  * called after close returns.) */
 void tg_ledger_close(struct tg_ledger *lg);
@@ -112,21 +120,25 @@ int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
 int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
 
-/* tg_ledger_insert and tg_ledger_settle, eager: when the ledger is idle (nothing queued, no
- * transaction being written, and the last one held at most two operations) the calling
- * thread writes and commits the operation itself and runs cb before returning, which spares
- * two thread hand-offs (to the writer and back) at low load; otherwise the operation is
- * queued exactly as by the plain calls, behind what is already waiting, so group commit is
- * unchanged under load. For threads that may block for one commit (HTTP threads, the work
- * pool), never the upstream engine. Same contract and return values as the plain calls. */
+/* tg_ledger_insert and tg_ledger_settle, eager: the operation is appended to the journal on
+ * the calling thread (one write; with synchronous_full also an fdatasync) and cb runs before
+ * the call returns, at any load: no hand-off to the writer and back, no wait for a commit.
+ * The operation is queued for the writer as well (ids and order as if plain), which writes
+ * it to SQLite with what else gathered in the next few ms. A settlement of a row id never
+ * handed out is acknowledged TG_ERR_NOTFOUND at once; one the writer then finds invalid (the
+ * row already terminal) is logged and dropped, its acknowledgement having said TG_OK. Called
+ * from inside an acknowledgement of this ledger, or without a journal, it is a plain call.
+ * A failed append is acknowledged TG_ERR_IO (the call still returns TG_OK). Same return
+ * values as the plain calls. */
 int tg_ledger_insert_eager(struct tg_ledger *lg, const struct tg_ledger_entry *e,
                            tg_ledger_ack_cb cb, void *ud) TG_WUR;
 int tg_ledger_settle_eager(struct tg_ledger *lg, int64_t row_id,
                            const struct tg_ledger_entry *e, tg_ledger_ack_cb cb,
                            void *ud) TG_WUR;
 
-/* True when nothing is queued or being written: an eager call made now would most likely
- * be written on the caller's thread (a hint; it may change before the call). */
+/* True when an eager call made now on this thread would be journaled and acknowledged
+ * before it returns (the ledger has a journal, is not closing, and this is not inside one of
+ * its acknowledgements). */
 bool tg_ledger_idle(struct tg_ledger *lg);
 
 /* Queue "the answer never fully reached the client" for row row_id (reserved or settled):
@@ -136,8 +148,9 @@ bool tg_ledger_idle(struct tg_ledger *lg);
  * TG_ERR_NOMEM. */
 int tg_ledger_mark_disconnected(struct tg_ledger *lg, int64_t row_id) TG_WUR;
 
-/* Block until everything queued so far is committed (tests, shutdown). (And acknowledged:
- * every ack of those operations has returned. Returns at once on the writer thread.) */
+/* Block until everything queued so far is committed to SQLite (tests, the admin API's
+ * reads, shutdown); the writer stops gathering meanwhile. (And acknowledged: every ack of
+ * those operations has returned. Returns at once on the writer thread.) */
 void tg_ledger_flush(struct tg_ledger *lg);
 
 /* Rows swept to INTERRUPTED by the last open. */

@@ -622,6 +622,25 @@ static void test_eager(void **state)
     assert_int_equal(nf.st, TG_ERR_NOTFOUND);
     assert_int_equal(nf.row_id, 0);
 
+    /* journaled operations gather: twenty of them 0.5 ms apart (about 10 ms) go into SQLite
+     * in a few transactions (one per 5 ms gathered), not one each */
+    uint64_t c0 = tg_ledger_test_commits(lg);
+    for (int i = 0; i < 20; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "gather-%d", i);
+        entry(&e, rid);
+        assert_int_equal(tg_ledger_insert_eager(lg, &e, NULL, NULL), TG_OK);
+        usleep(500);
+    }
+    for (int i = 0; i < 200 && q_int(db, "SELECT count(*) FROM requests WHERE request_id"
+                                         " LIKE 'gather-%'") < 20; i++)
+        usleep(5000);   /* no flush: it would cut the gathering short */
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id LIKE 'gather-%'"),
+                     20);
+    uint64_t gathered = tg_ledger_test_commits(lg) - c0;
+    if (gathered > 8)
+        fail_msg("20 journaled operations took %llu transactions", (unsigned long long)gathered);
+
     /* an eager call from inside an eager acknowledgement is queued, not nested (the writer
      * is held so that it cannot acknowledge it before the check) */
     struct tack inner = {0}, outer = {.lg = lg, .nested = &inner};
@@ -1696,6 +1715,20 @@ static void test_journal_replay(void **state)
     assert_intact(f->path, 4);
 }
 
+/* A second open of a ledger in use fails clearly (it would empty the first one's journal
+ * and sweep its rows in flight); once the first is closed, it opens. */
+static void test_one_daemon_per_file(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    char err[256];
+    struct tg_ledger *second = tg_ledger_open(f->path, NULL, err, sizeof err);
+    assert_null(second);
+    assert_non_null(strstr(err, "in use by another tollgate process"));
+    tg_ledger_close(lg);
+    tg_ledger_close(open_ok(f->path, NULL));
+}
+
 static void test_cli_verify(void **state)
 {
     struct fixture *f = *state;
@@ -1781,6 +1814,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reference_cost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_daemon_per_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
