@@ -5,10 +5,11 @@
  *   settle PATH N        N two-phase settlements: tg_ledger_insert (reserved) and, once that
  *                        is durable, tg_ledger_settle, from producer threads like the daemon
  *   bill PATH FROM TO    time tg_bill_load grouped by key,provider over [FROM, TO) (unix ms)
- *   latency PATH N GAP   N requests' two durable commits one after the other, as the daemon
- *                        makes them at an idle moment (tg_ledger_insert_eager, then
- *                        tg_ledger_settle_eager), GAP us apart: the latency each commit adds
- *                        to one request, p50/p90/p99 (the floor of the design's two phases)
+ *   latency PATH N GAP   N requests' reserve and settlement one after the other, as the
+ *                        daemon submits them (tg_ledger_insert_eager, then
+ *                        tg_ledger_settle_eager: a journal append each), GAP us apart: the
+ *                        time from the call to its durable acknowledgement, p50/p90/p99 (the
+ *                        floor of the design's two phases)
  * It prints one "name value unit" line per figure. It never deletes the ledger. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -296,7 +297,7 @@ static int bill(const char *path, int64_t from, int64_t to)
     return 0;
 }
 
-/* ---- latency: one request's two commits, at an idle moment ------------------------------ */
+/* ---- latency: one request's two durable writes ------------------------------------------ */
 
 static _Atomic int64_t lat_row;   /* the ack may run on the writer thread */
 static _Atomic int lat_st;
@@ -345,9 +346,8 @@ static int latency(const char *path, size_t n, int gap_us)
     for (size_t i = 0; i < n; i++) {
         struct tg_ledger_entry e;
         make_entry(&e, i, &seed, -1);
-        /* An idle ledger writes an eager operation on this thread before returning, as the
-         * daemon's HTTP thread does; if the writer happened to be busy it is queued, and the
-         * wait below measures that too. */
+        /* An eager operation is journaled and acknowledged on this thread before the call
+         * returns, as on the daemon's loop; the wait below would measure a queued one too. */
         lat_st = 1;
         double t0 = now_s();
         if (tg_ledger_insert_eager(lg, &e, on_lat_ack, NULL) != TG_OK ||
@@ -364,15 +364,15 @@ static int latency(const char *path, size_t n, int gap_us)
     }
     printf("latency_requests %zu requests\n", n);
     printf("latency_gap %d us\n", gap_us);
-    print_pcts("reserve_commit", res, n);
-    print_pcts("settle_commit", set, n);
+    print_pcts("reserve_ack", res, n);
+    print_pcts("settle_ack", set, n);
     for (size_t i = 0; i < n; i++)
         res[i] += set[i];
-    print_pcts("both_commits", res, n);
+    print_pcts("both_ack", res, n);
     rc = 0;
 out:
     if (rc)
-        fprintf(stderr, "ledger_bench: a latency commit failed\n");
+        fprintf(stderr, "ledger_bench: a latency write failed\n");
     free(res);
     free(set);
     tg_ledger_close(lg);

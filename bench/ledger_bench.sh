@@ -50,8 +50,9 @@ if [ "$FREE_KB" -lt "$NEED_KB" ]; then
 fi
 cleanup() {
     if [ "${KEEP:-0}" != 1 ]; then
-        rm -f "$DB" "$DB-wal" "$DB-shm" "$DIR/fresh.db" "$DIR/fresh.db-wal" "$DIR/bill.txt" \
-              "$DIR/fresh.db-shm"
+        rm -f "$DB" "$DB-wal" "$DB-shm" "$DB-tgj0" "$DB-tgj1" "$DIR/fresh.db" \
+              "$DIR/fresh.db-wal" "$DIR/bill.txt" "$DIR/fresh.db-shm" "$DIR/fresh.db-tgj0" \
+              "$DIR/fresh.db-tgj1"
         rmdir "$DIR" 2>/dev/null || true
     else
         say "ledger_bench: kept $DB"

@@ -215,22 +215,22 @@ def render(rows, info):
                       "The targets table shows its figure beside tollgate's.")
             md.append("")
         if lf:
-            md.append("The ledger's commits (bench/ledger_bench `latency`, before any load, on a "
-                      "fresh ledger in the work directory): one request's reserve and settlement "
-                      "written on the calling thread at an idle moment, as tollgate does at one "
-                      "connection. The design makes both durable before the answer, so their sum "
-                      "is the floor under tollgate's added latency at one connection, on top of "
-                      "the relay's.")
+            md.append("The ledger's two durable writes (bench/ledger_bench `latency`, before any "
+                      "load, on a fresh ledger in the work directory): one request's reserve and "
+                      "settlement, each appended to the ledger's intent journal on the calling "
+                      "thread and acknowledged, as tollgate does on its event loop. The design "
+                      "makes both durable before the answer, so their sum is the floor under "
+                      "tollgate's added latency at one connection, on top of the relay's.")
             md.append("")
             ll = []
             for gap in sorted(lf, key=int):
                 v = lf[gap]
                 ll.append([f"{gap} us" if gap != "0" else "none (back to back)",
-                           f"{v.get('reserve_commit_p50', '-')} / {v.get('reserve_commit_p99', '-')}",
-                           f"{v.get('settle_commit_p50', '-')} / {v.get('settle_commit_p99', '-')}",
-                           f"{v.get('both_commits_p50', '-')} / {v.get('both_commits_p99', '-')}"])
-            md.append(table(["gap between requests", "reserve commit p50 / p99 us",
-                             "settle commit p50 / p99 us", "both p50 / p99 us"], ll))
+                           f"{v.get('reserve_ack_p50', '-')} / {v.get('reserve_ack_p99', '-')}",
+                           f"{v.get('settle_ack_p50', '-')} / {v.get('settle_ack_p99', '-')}",
+                           f"{v.get('both_ack_p50', '-')} / {v.get('both_ack_p99', '-')}"])
+            md.append(table(["gap between requests", "reserve p50 / p99 us",
+                             "settle p50 / p99 us", "both p50 / p99 us"], ll))
             md.append("")
 
     # targets
