@@ -187,8 +187,12 @@ int tg_cli_serve(int argc, char **argv)
     for (;;) {
         sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig < 0) {
-            /* once a second: hand back heap pages a past burst freed (2 MiB or more) */
-            if (errno == EAGAIN && tg_mem_trim_idle((size_t)2 << 20))
+            if (errno != EAGAIN)
+                continue;
+            /* once a second: pick up key changes (revocations), off the request path */
+            tg_keystore_refresh(gw->keys);
+            /* and hand back heap pages a past burst freed (2 MiB or more) */
+            if (tg_mem_trim_idle((size_t)2 << 20))
                 tg_debug("returned free heap memory to the kernel");
             continue;
         }

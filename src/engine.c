@@ -8,6 +8,7 @@
  * threads only enqueue operations (and poke an eventfd); all curl calls happen on this
  * thread. */
 #include "engine.h"
+#include "tollgate/ledger.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -440,6 +441,7 @@ static void *engine_main(void *arg)
     struct epoll_event evs[256];
     int running = 0;
     current = e;
+    tg_ledger_defer_wakes(true);
     for (;;) {
         run_ops(e, false);
         int wait_ms = run_delayed(e);
@@ -474,6 +476,9 @@ static void *engine_main(void *arg)
         }
         if (atomic_load(&e->front_poke))
             wait_ms = 0;
+        /* owed by this iteration's journaled operations: sent now, after their requests'
+         * work, not from inside it */
+        tg_ledger_wake_writer();
         int n = epoll_wait(e->epfd, evs, 256, wait_ms);
         bool front_ready = false;
         for (int i = 0; i < n; i++) {
@@ -528,6 +533,7 @@ static void *engine_main(void *arg)
     e->stopped = true;
     pthread_mutex_unlock(&e->mu);
     run_ops(e, true);
+    tg_ledger_wake_writer();
     atomic_store(&e->aborted, true);
     current = NULL;
     return NULL;

@@ -1,6 +1,7 @@
 /* keystore.c: live key state for the daemon (see keystore.h). One mutex guards every key's
  * counters, so the check-and-hold of a budget is a single atomic step. Key records are
- * re-read from SQLite at most once a second, and at once (rate-limited) on an unknown id. */
+ * re-read from SQLite by tg_keystore_refresh (the main thread, once a second, never a
+ * request), and at once (rate-limited) on an unknown id. */
 #include "tollgate/keystore.h"
 
 #include <pthread.h>
@@ -16,7 +17,6 @@
 #include "tollgate/money.h"
 
 #define WINDOW_S 60
-#define RELOAD_EVERY_MS 1000
 #define MISS_RELOAD_MIN_MS 100
 
 struct window {                   /* per-second buckets over the last minute */
@@ -38,7 +38,7 @@ struct tg_keystore {
     sqlite3 *db;                  /* read connection (and the rare table creation) */
     struct tg_key_state *keys;    /* never freed before tg_keystore_free */
     int64_t version;
-    int64_t last_reload_ms, last_miss_reload_ms;
+    int64_t last_miss_reload_ms;
 };
 
 static struct tg_key_state *find(struct tg_keystore *ks, const char *id)
@@ -89,7 +89,6 @@ static int reload_one(void *ud, const struct tg_key_record *rec)
 static void reload(struct tg_keystore *ks, int64_t now_ms, bool force)
 {
     int64_t v;
-    ks->last_reload_ms = now_ms;
     if (tg_keys_version(ks->db, &v) != TG_OK)
         return;
     if (!force && v == ks->version)
@@ -125,6 +124,19 @@ struct tg_keystore *tg_keystore_open(const char *path, char *err, size_t errlen)
 fail:
     tg_keystore_free(ks);
     return NULL;
+}
+
+void tg_keystore_refresh(struct tg_keystore *ks)
+{
+    /* the version alone, without ks->mu (the connection is FULLMUTEX): requests wait for
+     * nothing unless the keys changed */
+    int64_t v;
+    if (!ks || tg_keys_version(ks->db, &v) != TG_OK)
+        return;
+    pthread_mutex_lock(&ks->mu);
+    if (v != ks->version)
+        reload(ks, tg_wall_ms(), false);
+    pthread_mutex_unlock(&ks->mu);
 }
 
 void tg_keystore_free(struct tg_keystore *ks)
@@ -168,8 +180,6 @@ struct tg_key_state *tg_keystore_auth(struct tg_keystore *ks, const char *authz,
     }
     int64_t now = tg_wall_ms();
     pthread_mutex_lock(&ks->mu);
-    if (now - ks->last_reload_ms >= RELOAD_EVERY_MS)
-        reload(ks, now, false);
     struct tg_key_state *k = find(ks, id);
     if (!k && now - ks->last_miss_reload_ms >= MISS_RELOAD_MIN_MS) {
         /* a key created a moment ago: look once more, but not on every bad id */

@@ -111,6 +111,10 @@ static _Thread_local const struct tg_ledger *writer_of;
 /* The ledger whose eager acknowledgement runs on this thread: an eager call from inside it
  * is queued (acknowledged by the writer), not nested. */
 static _Thread_local const struct tg_ledger *acking;
+/* This thread calls tg_ledger_wake_writer before it sleeps (an event loop): the signal to
+ * an idle writer is owed until then rather than sent from inside the request's path. */
+static _Thread_local bool defer_wakes;
+static _Thread_local struct tg_ledger *wake_owed;
 
 static const char *const usage_names[] = {"unknown", "reported", "estimated"};
 static const char *const status_names[] = {"reserved", "billed", "failed", "rejected",
@@ -395,8 +399,11 @@ static int replay_record(void *arg, const struct tg_journal_rec *rec)
         st = tg_store_insert(rp->st, &rec->e, rec->settled_ms, rec->row_id, &fatal);
         break;
     case TG_JOURNAL_SETTLE:
+        if (!exists)   /* its reserve was acknowledged first, so this is not a crash's doing */
+            tg_warn("ledger: the journal settles row %lld, which does not exist; skipped",
+                    (long long)rec->row_id);
         if (!exists || !reserved)
-            return TG_OK;   /* settled already (or its reserve never made it: logged below) */
+            return TG_OK;   /* settled already */
         st = tg_store_settle(rp->st, rec->row_id, &rec->e, rec->settled_ms, &fatal);
         break;
     default:
@@ -589,8 +596,13 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
                 lg->head = op;
             lg->tail = op;
             op = NULL;   /* the writer's now */
-            /* a gathering writer is woken only when it should stop gathering */
-            if (lg->writer_idle || (lg->gathering && write_now(lg)))
+            /* a gathering writer is woken only when it should stop gathering; an idle one,
+             * for journaled operations on an event loop, when the loop is about to wait */
+            bool now = lg->gathering ? write_now(lg) : lg->writer_idle;
+            if (now && journal && defer_wakes && !write_now(lg) &&
+                (!wake_owed || wake_owed == lg))
+                wake_owed = lg;
+            else if (now)
                 pthread_cond_signal(&lg->work);
         }
     }
@@ -608,6 +620,23 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
         acking = outer;
     }
     return TG_OK;
+}
+
+void tg_ledger_defer_wakes(bool on)
+{
+    defer_wakes = on;
+}
+
+void tg_ledger_wake_writer(void)
+{
+    struct tg_ledger *lg = wake_owed;
+    if (!lg)
+        return;
+    wake_owed = NULL;
+    pthread_mutex_lock(&lg->mu);
+    if (lg->writer_idle && lg->head)
+        pthread_cond_signal(&lg->work);
+    pthread_mutex_unlock(&lg->mu);
 }
 
 bool tg_ledger_idle(struct tg_ledger *lg)

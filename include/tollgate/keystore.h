@@ -33,6 +33,11 @@ struct tg_limits_view {
 struct tg_keystore *tg_keystore_open(const char *ledger_path, char *err, size_t errlen);
 void tg_keystore_free(struct tg_keystore *ks);
 
+/* Re-read the key records from SQLite if they changed (a create, revoke or rotate by
+ * `tollgate keys`). Called by the daemon's main thread once a second, so that no request
+ * pays for a SQLite read: a revocation takes effect within about a second. NULL is ok. */
+void tg_keystore_refresh(struct tg_keystore *ks);
+
 /* Authenticate an Authorization header value ("Bearer tg-..."). Returns the key's state
  * (borrowed) or NULL with err set to a 401. Copies the key's public id to id_out. */
 struct tg_key_state *tg_keystore_auth(struct tg_keystore *ks, const char *authorization,

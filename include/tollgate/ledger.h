@@ -136,6 +136,12 @@ int tg_ledger_settle_eager(struct tg_ledger *lg, int64_t row_id,
                            const struct tg_ledger_entry *e, tg_ledger_ack_cb cb,
                            void *ud) TG_WUR;
 
+/* For an event loop's thread: when on, an eager call that finds the writer idle does not
+ * wake it from inside the call (a thread wake-up on the request's path); the loop calls
+ * tg_ledger_wake_writer before it next waits. Per thread; off by default. */
+void tg_ledger_defer_wakes(bool on);
+void tg_ledger_wake_writer(void);
+
 /* True when an eager call made now on this thread would be journaled and acknowledged
  * before it returns (the ledger has a journal, is not closing, and this is not inside one of
  * its acknowledgements). */

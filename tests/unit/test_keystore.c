@@ -690,22 +690,17 @@ static void test_auth_revoke_and_rotate(void **state)
     assert_int_equal(tg_keys_revoke(f->db, id), TG_OK);
     assert_int_equal(tg_keys_rotate(f->db, id_r, tok_new), TG_OK);
 
-    /* within ~1 s the revoked key gets 401 revoked_api_key */
+    /* no request reads SQLite: the change is picked up by tg_keystore_refresh (the daemon's
+     * main thread, once a second; test_keys.py times that end to end) */
     snprintf(hdr, sizeof hdr, "Bearer %s", tok);
-    int64_t t0 = mono_ms();
-    while (try_auth(f, hdr, code, sizeof code) && mono_ms() - t0 < 3000)
-        usleep(20000);
-    int64_t took = mono_ms() - t0;
+    assert_non_null(try_auth(f, hdr, code, sizeof code));
+    tg_keystore_refresh(f->ks);
+    /* the revoked key gets 401 revoked_api_key */
     assert_null(try_auth(f, hdr, code, sizeof code));
     assert_string_equal(code, "revoked_api_key");
-    if (took > 1500)
-        fail_msg("revocation took %lld ms to apply", (long long)took);
 
     /* the old secret of the rotated key stops working, the new one works, same state */
     snprintf(hdr, sizeof hdr, "Bearer %s", tok_r);
-    t0 = mono_ms();
-    while (try_auth(f, hdr, code, sizeof code) && mono_ms() - t0 < 3000)
-        usleep(20000);
     assert_null(try_auth(f, hdr, code, sizeof code));
     assert_string_equal(code, "invalid_api_key");
     struct tg_key_state *kn = auth_ok(f, tok_new);
