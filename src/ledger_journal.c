@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -248,9 +247,11 @@ struct tg_journal *tg_journal_open(const char *db_path, bool sync_full, char *er
         }
     }
     /* One daemon per ledger: a second would replay and empty the first one's journal and
-     * sweep its rows in flight. The lock goes with the process, however it ends. */
-    if (flock(j->fd[0], LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK)
+     * sweep its rows in flight. An open-file-description lock: it goes with the process
+     * however it ends, and `tollgate bill` can test for it without taking it. */
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (fcntl(j->fd[0], F_OFD_SETLK, &fl) != 0) {
+        if (errno == EAGAIN || errno == EACCES)
             tg_set_err(err, errlen, "ledger: %s is in use by another tollgate process (its"
                        " journal is locked); run one daemon per ledger file", db_path);
         else
@@ -439,6 +440,26 @@ void tg_journal_applied(struct tg_journal *j, int slot, unsigned n)
     }
     j->len[slot] = 0;
     j->gen[slot] = 0;
+}
+
+bool tg_ledger_journal_unreplayed(const char *db_path)
+{
+    bool records = false, held = false;
+    char p[4096];
+    for (int i = 0; i < 2 && !held; i++) {
+        snprintf(p, sizeof p, "%s-tgj%d", db_path, i);
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        struct stat sb;
+        if (fstat(fd, &sb) == 0 && sb.st_size > HEADER_LEN)
+            records = true;
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        if (i == 0 && fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
+            held = true;   /* a daemon has it open and keeps SQLite current */
+        close(fd);
+    }
+    return records && !held;
 }
 
 uint64_t tg_journal_pending(const struct tg_journal *j)

@@ -159,6 +159,11 @@ int tg_ledger_mark_disconnected(struct tg_ledger *lg, int64_t row_id) TG_WUR;
  * those operations has returned. Returns at once on the writer thread.) */
 void tg_ledger_flush(struct tg_ledger *lg);
 
+/* True when the ledger at path has journal records and no process has it open: a crash
+ * left operations that are durable but not in the SQLite file yet; the next
+ * `tollgate serve` (any tg_ledger_open) writes them. For readers of the file to warn. */
+bool tg_ledger_journal_unreplayed(const char *path);
+
 /* Rows swept to INTERRUPTED by the last open. */
 int64_t tg_ledger_interrupted_at_open(const struct tg_ledger *lg);
 

@@ -1628,6 +1628,7 @@ static void run_cli(struct captured *c, int argc, const char **argv)
 static void test_journal_replay(void **state)
 {
     struct fixture *f = *state;
+    struct tg_ledger_entry e2;
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -1683,11 +1684,20 @@ static void test_journal_replay(void **state)
     assert_int_equal(fwrite(torn, 1, sizeof torn, fp), sizeof torn);
     fclose(fp);
 
+    /* readers of the file are told (tollgate bill, ledger verify) */
+    assert_true(tg_ledger_journal_unreplayed(f->path));
     struct tg_ledger *lg = open_ok(f->path, NULL);
+    assert_false(tg_ledger_journal_unreplayed(f->path));   /* replayed; and held while open */
     assert_int_equal(tg_ledger_interrupted_at_open(lg), 1);
+    entry(&e2, "while-open");
+    assert_int_equal(tg_ledger_insert_eager(lg, &e2, NULL, NULL), TG_OK);
+    assert_false(tg_ledger_journal_unreplayed(f->path));   /* records, but a daemon has it */
     tg_ledger_close(lg);
+    assert_false(tg_ledger_journal_unreplayed(f->path));   /* a clean close empties it */
     db = reader(f->path);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 4);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id = 'while-open'"),
+                     1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 5);
     char buf[32];
     assert_string_equal(q_text(db, "SELECT status FROM requests WHERE request_id ="
                                    " 'left-reserved'", buf, sizeof buf), "interrupted");
@@ -1705,14 +1715,14 @@ static void test_journal_replay(void **state)
     assert_int_equal(stat(jpath, &sb), 0);
     assert_true(sb.st_size <= 16);   /* emptied: a header at most */
 
-    /* nothing is written twice by a second open */
+    /* nothing is written twice by a second open (which sweeps 'while-open', left reserved) */
     lg = open_ok(f->path, NULL);
-    assert_int_equal(tg_ledger_interrupted_at_open(lg), 0);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 1);
     tg_ledger_close(lg);
     db = reader(f->path);
-    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 4);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 5);
     sqlite3_close(db);
-    assert_intact(f->path, 4);
+    assert_intact(f->path, 5);
 }
 
 /* A second open of a ledger in use fails clearly (it would empty the first one's journal
