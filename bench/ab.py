@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""ab.py: tollgate against tollgate. Two builds (git refs) measured in interleaved rounds on the
+same mock, for a before/after figure that the VM's drift between two full runs of run.sh would
+swamp. Each round starts each build in turn on a fresh ledger with an API key, warms it, then:
+  plain1   wrk, 1 connection: p50 / p99 (and direct to the mock in the same round: added)
+  plain64  wrk, 64 connections: req/s and the gateway's CPU per request
+  stream1  stream_client, 1 stream of 8 chunks 10 ms apart: time to first chunk p50 / p99
+Medians over rounds are printed as a table. Everything listens on 127.0.0.1; every process it
+starts is stopped by PID.
+
+  bench/ab.py REF_A REF_B [--rounds 5] [--seconds 5]
+
+Builds into bench/build/ab-<sha>/ (Release); the mock and stream_client come from bench/build
+(bench/run.sh builds them; run it once first)."""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+BUILD = os.path.join(BENCH, "build")
+
+
+def log(msg):
+    print(f"[ab {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def build(ref):
+    sha = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", ref], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    out = os.path.join(BUILD, f"ab-{sha}")
+    binary = os.path.join(out, "build", "tollgate")
+    if os.path.exists(binary):
+        return sha, binary
+    src = os.path.join(out, "src")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(src)
+    archive = subprocess.Popen(["git", "-C", ROOT, "archive", ref], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", src], stdin=archive.stdout, check=True)
+    archive.wait()
+    log(f"building {ref} ({sha})")
+    subprocess.run(["cmake", "-S", src, "-B", os.path.join(out, "build"),
+                    "-DCMAKE_BUILD_TYPE=Release", "-DTG_TESTS=OFF"], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", os.path.join(out, "build"), "-j", str(os.cpu_count())],
+                   check=True, stdout=subprocess.DEVNULL)
+    return sha, binary
+
+
+def wait_port(path, proc, timeout=20):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited ({proc.returncode})")
+        if os.path.exists(path):
+            with open(path) as f:
+                txt = f.read().strip()
+            if txt:
+                return int(txt)
+        time.sleep(0.05)
+    raise RuntimeError(f"no port file {path}")
+
+
+def stop(proc):
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+def wrk(port, conns, seconds, key=None):
+    cmd = ["wrk", f"-t{1 if conns == 1 else 2}", f"-c{conns}", f"-d{seconds}s", "-s",
+           os.path.join(BENCH, "wrk_post.lua")]
+    if key:
+        cmd += ["-H", f"Authorization: Bearer {key}"]
+    cmd.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    if not m:
+        raise RuntimeError("wrk printed no WRKJSON line:\n" + out[-1000:])
+    return json.loads(m.group(1))
+
+
+def stream1(port, seconds, key):
+    cmd = [os.path.join(BUILD, "stream_client"), "--port", str(port), "--streams", "1",
+           "--model", "bench/echo-1", "--duration", str(seconds), "--chunks", "8",
+           "--interval-ms", "10", "--header", f"Authorization: Bearer {key}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"^SC (.*)$", out, re.M)
+    if not m:
+        raise RuntimeError("stream_client printed no SC line")
+    return dict(x.split("=", 1) for x in m.group(1).split())
+
+
+def run_build(binary, work, mock_port, seconds, direct):
+    """One build's cells in this round. Returns {figure: value}."""
+    for f in os.listdir(work):
+        if f.startswith("ledger.db"):
+            os.unlink(os.path.join(work, f))
+    ledger = os.path.join(work, "ledger.db")
+    cfg = os.path.join(work, "tollgate.json")
+    with open(os.path.join(work, "catalog.json"), "w") as f:
+        # the same one-model catalog as harness.py
+        json.dump({"version": "bench-1", "models": [{
+            "id": "bench/echo-1", "owned_by": "bench", "created": 1750000000,
+            "input_modalities": ["text"], "capabilities": [],
+            "providers": {"groq": {"model": "bench-echo-1", "input": "0.15", "output": "0.60",
+                                   "context_length": 131072, "max_output": 4096}}}]}, f)
+    with open(cfg, "w") as f:
+        json.dump({"listen": "127.0.0.1:0", "log_level": "warn", "catalog": "catalog.json",
+                   "ledger": {"path": ledger, "synchronous": "normal"},
+                   "routing": {"default_order": ["groq"]},
+                   "providers": {"groq": {"base_url": f"http://127.0.0.1:{mock_port}/v1",
+                                          "api_key": "bench"}}}, f)
+    key = subprocess.run([binary, "keys", "create", "--name", "ab", "--ledger", ledger],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    port_file = os.path.join(work, "tollgate.port")
+    if os.path.exists(port_file):
+        os.unlink(port_file)
+    with open(os.path.join(work, "tollgate.log"), "a") as logf:
+        gw = subprocess.Popen([binary, "serve", "--config", cfg, "--listen", "127.0.0.1:0",
+                               "--port-file", port_file, "--ledger", ledger], cwd=work,
+                              stdout=logf, stderr=logf)
+    try:
+        port = wait_port(port_file, gw)
+        wrk(port, 64, 1, key)   # warm-up: connection pools, page cache
+        r = {}
+        w = wrk(port, 1, seconds, key)
+        r["plain1 p50"] = w["lat_p50"] - direct["lat_p50"]
+        r["plain1 p99"] = w["lat_p99"] - direct["lat_p99"]
+        t0 = cpu_ticks(gw.pid)
+        w = wrk(port, 64, seconds, key)
+        ticks = cpu_ticks(gw.pid) - t0
+        r["plain64 req/s"] = w["requests"] / (w["duration_us"] / 1e6)
+        r["plain64 CPU us/req"] = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, w["requests"])
+        s = stream1(port, seconds, key)
+        r["stream1 TTFC p50"] = int(s["ttfc_p50"])
+        r["stream1 TTFC p99"] = int(s["ttfc_p99"])
+        return r
+    finally:
+        stop(gw)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ref_a")
+    ap.add_argument("ref_b")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    for tool in ("fast_mock", "stream_client"):
+        if not os.access(os.path.join(BUILD, tool), os.X_OK):
+            sys.exit(f"ab: bench/build/{tool} is missing: run bench/run.sh --quick once first")
+    builds = [build(args.ref_a), build(args.ref_b)]
+    work = tempfile.mkdtemp(prefix="tg-ab-")
+    mock = None
+    results = {sha: [] for sha, _ in builds}
+    try:
+        mport_file = os.path.join(work, "mock.port")
+        mock = subprocess.Popen([os.path.join(BUILD, "fast_mock"), "--port", "0",
+                                 "--port-file", mport_file], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        mport = wait_port(mport_file, mock)
+        for rnd in range(args.rounds):
+            direct = wrk(mport, 1, args.seconds)
+            order = builds if rnd % 2 == 0 else builds[::-1]
+            for sha, binary in order:
+                r = run_build(binary, work, mport, args.seconds, direct)
+                results[sha].append(r)
+                log(f"round {rnd + 1} {sha}: " +
+                    ", ".join(f"{k} {v:,.1f}" for k, v in r.items()))
+    finally:
+        stop(mock)
+        shutil.rmtree(work, ignore_errors=True)
+    figures = list(results[builds[0][0]][0].keys())
+    print(f"| figure (median of {args.rounds} rounds) | {args.ref_a} ({builds[0][0]}) | "
+          f"{args.ref_b} ({builds[1][0]}) |")
+    print("|---|---|---|")
+    for fig in figures:
+        cells = [statistics.median(r[fig] for r in results[sha]) for sha, _ in builds]
+        unit = "" if "req/s" in fig else " µs"
+        print(f"| {fig}{' (added)' if fig.startswith('plain1') else ''} | " +
+              " | ".join(f"{c:,.0f}{unit}" for c in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
