@@ -417,17 +417,6 @@ int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec, in
     return TG_OK;
 }
 
-int tg_journal_sync(struct tg_journal *j, int slot)
-{
-    if (!j->sync_full)
-        return TG_OK;
-    if (fdatasync(j->fd[slot]) != 0) {
-        tg_error("ledger: cannot sync the journal %s: %s", j->path[slot], strerror(errno));
-        return TG_ERR_IO;
-    }
-    return TG_OK;
-}
-
 void tg_journal_applied(struct tg_journal *j, int slot, unsigned n)
 {
     j->pending[slot] = j->pending[slot] > n ? j->pending[slot] - n : 0;

@@ -31,9 +31,8 @@ struct tg_journal_rec {
 
 struct tg_journal;
 
-/* Open (creating if missing) both journal files of the ledger at db_path. sync_full: each
- * append is followed by fdatasync (tg_journal_sync). Returns new (tg_journal_close) or NULL
- * with err set. */
+/* Open (creating if missing) both journal files of the ledger at db_path. sync_full: the
+ * replay's emptying is fsynced. Returns new (tg_journal_close) or NULL with err set. */
 struct tg_journal *tg_journal_open(const char *db_path, bool sync_full, char *err,
                                    size_t errlen);
 void tg_journal_close(struct tg_journal *j);
@@ -53,14 +52,10 @@ int tg_journal_reset(struct tg_journal *j) TG_WUR;
 /* Append one record to the active file (rotating first when it is full and the other file
  * is empty). *slot = the file it went to, for tg_journal_applied. TG_OK, TG_ERR_IO (nothing
  * counted; a partial record is overwritten by the next append) or TG_ERR_RANGE (a record
- * that cannot be encoded). Durable against a process crash on return; against power loss
- * only after tg_journal_sync. */
+ * that cannot be encoded). Durable against a process crash on return (the page cache), not
+ * against power loss: a ledger with synchronous=FULL does not acknowledge from the journal. */
 int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec,
                       int *slot) TG_WUR;
-
-/* With sync_full, fdatasync the file of slot (without the ledger's mutex: it only reads
- * the descriptor, which stays open until close). TG_OK or TG_ERR_IO. */
-int tg_journal_sync(struct tg_journal *j, int slot) TG_WUR;
 
 /* n records appended to slot are now in SQLite (committed) or never will be: when the
  * last record of a retired file is, the file is emptied for reuse. */

@@ -82,8 +82,8 @@ typedef void (*tg_ledger_ack_cb)(void *ud, int st, int64_t row_id);
 struct tg_ledger;
 
 struct tg_ledger_options {
-    bool synchronous_full;   /* PRAGMA synchronous=FULL and an fdatasync of each journal
-                                append (power-loss safe) instead of NORMAL */
+    bool synchronous_full;   /* PRAGMA synchronous=FULL (power-loss safe) instead of NORMAL;
+                                eager calls are then acknowledged after the synced commit */
     unsigned max_batch;      /* operations per transaction; 0 = default (512) */
 };
 
@@ -121,13 +121,13 @@ int tg_ledger_settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledge
                      tg_ledger_ack_cb cb, void *ud) TG_WUR;
 
 /* tg_ledger_insert and tg_ledger_settle, eager: the operation is appended to the journal on
- * the calling thread (one write; with synchronous_full also an fdatasync) and cb runs before
- * the call returns, at any load: no hand-off to the writer and back, no wait for a commit.
+ * the calling thread (one write) and cb runs before the call returns, at any load: no hand-off to the writer and back, no wait for a commit.
  * The operation is queued for the writer as well (ids and order as if plain), which writes
  * it to SQLite with what else gathered in the next few ms. A settlement of a row id never
  * handed out is acknowledged TG_ERR_NOTFOUND at once; one the writer then finds invalid (the
  * row already terminal) is logged and dropped, its acknowledgement having said TG_OK. Called
- * from inside an acknowledgement of this ledger, or without a journal, it is a plain call.
+ * from inside an acknowledgement of this ledger, without a journal, or with
+ * synchronous_full (a journal append is not power-loss safe), it is a plain call.
  * A failed append is acknowledged TG_ERR_IO (the call still returns TG_OK). Same return
  * values as the plain calls. */
 int tg_ledger_insert_eager(struct tg_ledger *lg, const struct tg_ledger_entry *e,
@@ -143,8 +143,8 @@ void tg_ledger_defer_wakes(bool on);
 void tg_ledger_wake_writer(void);
 
 /* True when an eager call made now on this thread would be journaled and acknowledged
- * before it returns (the ledger has a journal, is not closing, and this is not inside one of
- * its acknowledgements). */
+ * before it returns (the ledger has a journal and synchronous NORMAL, is not closing, and
+ * this is not inside one of its acknowledgements). */
 bool tg_ledger_idle(struct tg_ledger *lg);
 
 /* Queue "the answer never fully reached the client" for row row_id (reserved or settled):

@@ -218,6 +218,19 @@ static void test_schema(void **state)
     struct tg_ledger_options o = {.synchronous_full = true};
     lg = open_ok(f->path, &o);
     assert_int_equal(tg_ledger_test_synchronous(lg), 2);
+    /* and with FULL an eager call is not acknowledged from the journal (which is not synced)
+     * but after the writer's synced commit */
+    assert_false(tg_ledger_idle(lg));
+    struct ack a = {0};
+    struct tg_ledger_entry e;
+    entry(&e, "full-1");
+    tg_ledger_test_pause(lg, true);
+    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_ack, &a), TG_OK);
+    assert_int_equal(a.calls, 0);
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(a.st, TG_OK);
     tg_ledger_close(lg);
 }
 
