@@ -373,84 +373,6 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/* ---- recovery at open ------------------------------------------------------------------ */
-
-struct replay {
-    struct tg_ledger_store *st;
-    int64_t applied, max_id;
-};
-
-/* One journal record into SQLite, unless SQLite already holds it: the journal is emptied
- * only after the replay commits, so a record may have been written by the writer before
- * the crash, or by an earlier replay. */
-static int replay_record(void *arg, const struct tg_journal_rec *rec)
-{
-    struct replay *rp = arg;
-    bool reserved = false, fatal = false;
-    int st = tg_store_row_reserved(rp->st, rec->row_id, &reserved);
-    if (st != TG_OK && st != TG_ERR_NOTFOUND)
-        return TG_ERR_IO;
-    bool exists = st == TG_OK;
-    if (rec->row_id > rp->max_id)
-        rp->max_id = rec->row_id;
-    switch (rec->kind) {
-    case TG_JOURNAL_INSERT:
-        if (exists)
-            return TG_OK;
-        st = tg_store_insert(rp->st, &rec->e, rec->settled_ms, rec->row_id, &fatal);
-        break;
-    case TG_JOURNAL_SETTLE:
-        if (!exists)   /* its reserve was acknowledged first, so this is not a crash's doing */
-            tg_warn("ledger: the journal settles row %lld, which does not exist; skipped",
-                    (long long)rec->row_id);
-        if (!exists || !reserved)
-            return TG_OK;   /* settled already */
-        st = tg_store_settle(rp->st, rec->row_id, &rec->e, rec->settled_ms, &fatal);
-        break;
-    default:
-        if (!exists)
-            return TG_OK;
-        st = tg_store_mark_disconnected(rp->st, rec->row_id, &fatal);
-        break;
-    }
-    if (fatal)
-        return TG_ERR_IO;
-    if (st == TG_OK)
-        rp->applied++;
-    return TG_OK;
-}
-
-/* In one transaction: what a crash left only in the journal goes into SQLite, then every
- * row still reserved becomes interrupted; once that is committed, the journal is emptied. */
-static int recover(struct tg_ledger *lg, const char *path, char *err, size_t errlen)
-{
-    struct tg_ledger_store *st = &lg->store;
-    struct replay rp = {.st = st};
-    int64_t records = 0;
-    int result = tg_store_begin(st);
-    if (result == TG_OK && lg->journal)
-        result = tg_journal_replay(lg->journal, replay_record, &rp, &records);
-    if (result == TG_OK)
-        result = tg_store_sweep(st);
-    if (result == TG_OK)
-        result = tg_store_commit(st);
-    else
-        tg_store_rollback(st);
-    if (result == TG_OK && lg->journal)
-        result = tg_journal_reset(lg->journal);
-    if (result != TG_OK) {
-        tg_set_err(err, errlen, "ledger: %s: cannot recover after a crash (replay the journal,"
-                   " mark reservations interrupted): %s", path,
-                   result == TG_ERR_NOMEM ? "out of memory" : sqlite3_errmsg(st->db));
-        return result;
-    }
-    if (rp.applied > 0)
-        tg_warn("ledger: %s: %lld operation(s) of %lld in the journal were not in SQLite yet"
-                " (a crash); written now", path, (long long)rp.applied, (long long)records);
-    lg->next_id = st->next_id > rp.max_id + 1 ? st->next_id : rp.max_id + 1;
-    return TG_OK;
-}
-
 static void ledger_destroy(struct tg_ledger *lg)
 {
     tg_journal_close(lg->journal);
@@ -490,7 +412,7 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
         if (!lg->journal)
             goto fail;
     }
-    if (recover(lg, path, err, errlen) != TG_OK)
+    if (tg_ledger_recover(&lg->store, lg->journal, path, &lg->next_id, err, errlen) != TG_OK)
         goto fail;
     sqlite3_wal_hook(lg->store.db, on_wal_commit, lg);
     if (lg->store.interrupted_at_open > 0)
@@ -603,11 +525,11 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
             op = NULL;   /* the writer's now */
             /* a gathering writer is woken only when it should stop gathering; an idle one,
              * for journaled operations on an event loop, when the loop is about to wait */
-            bool now = lg->gathering ? write_now(lg) : lg->writer_idle;
-            if (now && journal && defer_wakes && !write_now(lg) &&
+            bool wake = lg->gathering ? write_now(lg) : lg->writer_idle;
+            if (wake && journal && defer_wakes && !write_now(lg) &&
                 (!wake_owed || wake_owed == lg))
                 wake_owed = lg;
-            else if (now)
+            else if (wake)
                 pthread_cond_signal(&lg->work);
         }
     }

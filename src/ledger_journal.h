@@ -61,6 +61,13 @@ int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec,
  * last record of a retired file is, the file is emptied for reuse. */
 void tg_journal_applied(struct tg_journal *j, int slot, unsigned n);
 
+/* At open (src/ledger_recover.c), in one transaction on st: every record of j (may be NULL)
+ * that SQLite does not hold yet, then the sweep of rows left reserved; once committed, j is
+ * emptied. *next_id = the id the next insert takes. TG_OK, or an error with err set. */
+struct tg_ledger_store;
+int tg_ledger_recover(struct tg_ledger_store *st, struct tg_journal *j, const char *path,
+                      int64_t *next_id, char *err, size_t errlen) TG_WUR;
+
 /* Records appended and not yet reported applied, both files. */
 uint64_t tg_journal_pending(const struct tg_journal *j);
 
