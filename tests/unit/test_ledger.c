@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1752,6 +1754,66 @@ static void test_one_daemon_per_file(void **state)
     tg_ledger_close(open_ok(f->path, NULL));
 }
 
+/* A journal append that fails (here: the file size limit, as a full disk would) is
+ * acknowledged TG_ERR_IO and writes nothing; the writer's own failures in the meantime are
+ * retried, so every operation acknowledged TG_OK reaches SQLite once writing works again. */
+static void test_journal_write_fails(void **state)
+{
+    struct fixture *f = *state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);   /* a write past the limit fails with EFBIG instead */
+        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
+        if (!lg)
+            _exit(3);
+        struct tg_ledger_entry e;
+        struct ack ok = {0}, bad = {0};
+        entry(&e, "before-limit");
+        if (tg_ledger_insert_eager(lg, &e, record_ack, &ok) != TG_OK || ok.st != TG_OK)
+            _exit(4);
+        struct rlimit old, lim;
+        struct stat sb;
+        char jpath[160];
+        snprintf(jpath, sizeof jpath, "%s-tgj0", f->path);
+        if (stat(jpath, &sb) != 0 || sb.st_size < 16)
+            _exit(8);
+        getrlimit(RLIMIT_FSIZE, &old);
+        lim = old;
+        /* the journal's current end: the next append, and any write past this offset in
+         * the other files (the WAL's), fails */
+        lim.rlim_cur = (rlim_t)sb.st_size;
+        if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
+            _exit(5);
+        entry(&e, "over-limit");
+        if (tg_ledger_insert_eager(lg, &e, record_ack, &bad) != TG_OK)
+            _exit(6);
+        int got = bad.st;
+        usleep(50000);   /* the writer meets the limit too, and keeps its batch */
+        sqlite3 *rd = NULL;
+        int64_t early = -1;
+        if (sqlite3_open_v2(f->path, &rd, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
+            early = q_int(rd, "SELECT count(*) FROM requests");
+        sqlite3_close(rd);
+        if (early != 0)
+            _exit(9);   /* the commit should have failed at the limit */
+        setrlimit(RLIMIT_FSIZE, &old);
+        tg_ledger_close(lg);
+        _exit(got == TG_ERR_IO && bad.calls == 1 && bad.row_id == 0 ? 0 : 7);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id = 'before-limit'"),
+                     1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id = 'over-limit'"),
+                     0);
+    sqlite3_close(db);
+}
+
 static void test_cli_verify(void **state)
 {
     struct fixture *f = *state;
@@ -1838,6 +1900,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_daemon_per_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_journal_write_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
