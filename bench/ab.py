@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 BUILD = os.path.join(BENCH, "build")
+
+sys.path.insert(0, BENCH)
+from harness import stop, wait_port_file  # noqa: E402  (the same start/stop as run.sh)
 
 
 def log(msg):
@@ -54,30 +56,6 @@ def build(ref):
     subprocess.run(["cmake", "--build", os.path.join(out, "build"), "-j", str(os.cpu_count())],
                    check=True, stdout=subprocess.DEVNULL)
     return sha, binary
-
-
-def wait_port(path, proc, timeout=20):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process {proc.pid} exited ({proc.returncode})")
-        if os.path.exists(path):
-            with open(path) as f:
-                txt = f.read().strip()
-            if txt:
-                return int(txt)
-        time.sleep(0.05)
-    raise RuntimeError(f"no port file {path}")
-
-
-def stop(proc):
-    if proc and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def cpu_ticks(pid):
@@ -140,7 +118,7 @@ def run_build(binary, work, mock_port, seconds, direct):
                                "--port-file", port_file, "--ledger", ledger], cwd=work,
                               stdout=logf, stderr=logf)
     try:
-        port = wait_port(port_file, gw)
+        port = wait_port_file(port_file, gw)
         wrk(port, 64, 1, key)   # warm-up: connection pools, page cache
         r = {}
         w = wrk(port, 1, seconds, key)
@@ -179,7 +157,7 @@ def main():
         mock = subprocess.Popen([os.path.join(BUILD, "fast_mock"), "--port", "0",
                                  "--port-file", mport_file], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        mport = wait_port(mport_file, mock)
+        mport = wait_port_file(mport_file, mock)
         for rnd in range(args.rounds):
             direct = wrk(mport, 1, args.seconds)
             order = builds if rnd % 2 == 0 else builds[::-1]
@@ -189,7 +167,8 @@ def main():
                 log(f"round {rnd + 1} {sha}: " +
                     ", ".join(f"{k} {v:,.1f}" for k, v in r.items()))
     finally:
-        stop(mock)
+        if mock:
+            stop(mock)
         shutil.rmtree(work, ignore_errors=True)
     figures = list(results[builds[0][0]][0].keys())
     print(f"| figure (median of {args.rounds} rounds) | {args.ref_a} ({builds[0][0]}) | "

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/sha.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,16 @@ static void put_str(struct enc *w, const char *s, size_t cap)
     put(w, s, n);
 }
 
+/* The entry's string fields, in record order: encode and decode walk the same table. */
+#define STR_FIELD(f) {offsetof(struct tg_ledger_entry, f), sizeof(((struct tg_ledger_entry *)0)->f)}
+static const struct {
+    size_t off, cap;
+} str_fields[] = {STR_FIELD(request_id), STR_FIELD(key_id), STR_FIELD(provider),
+                  STR_FIELD(model_requested), STR_FIELD(model_canonical),
+                  STR_FIELD(model_upstream), STR_FIELD(upstream_request_id),
+                  STR_FIELD(price_version), STR_FIELD(error_type)};
+#define N_STR_FIELDS (sizeof str_fields / sizeof str_fields[0])
+
 /* The entry's fields in one fixed order (decode_entry reads them back in the same). */
 static void encode_entry(struct enc *w, const struct tg_ledger_entry *e)
 {
@@ -75,15 +86,8 @@ static void encode_entry(struct enc *w, const struct tg_ledger_entry *e)
                             e->streamed, e->client_disconnected, e->created_ms};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         put_i64(w, ints[i]);
-    put_str(w, e->request_id, sizeof e->request_id);
-    put_str(w, e->key_id, sizeof e->key_id);
-    put_str(w, e->provider, sizeof e->provider);
-    put_str(w, e->model_requested, sizeof e->model_requested);
-    put_str(w, e->model_canonical, sizeof e->model_canonical);
-    put_str(w, e->model_upstream, sizeof e->model_upstream);
-    put_str(w, e->upstream_request_id, sizeof e->upstream_request_id);
-    put_str(w, e->price_version, sizeof e->price_version);
-    put_str(w, e->error_type, sizeof e->error_type);
+    for (size_t i = 0; i < N_STR_FIELDS; i++)
+        put_str(w, (const char *)e + str_fields[i].off, str_fields[i].cap);
 }
 
 struct dec {
@@ -143,15 +147,8 @@ static void decode_entry(struct dec *r, struct tg_ledger_entry *e)
     e->streamed = get_i64(r) != 0;
     e->client_disconnected = get_i64(r) != 0;
     e->created_ms = get_i64(r);
-    get_str(r, e->request_id, sizeof e->request_id);
-    get_str(r, e->key_id, sizeof e->key_id);
-    get_str(r, e->provider, sizeof e->provider);
-    get_str(r, e->model_requested, sizeof e->model_requested);
-    get_str(r, e->model_canonical, sizeof e->model_canonical);
-    get_str(r, e->model_upstream, sizeof e->model_upstream);
-    get_str(r, e->upstream_request_id, sizeof e->upstream_request_id);
-    get_str(r, e->price_version, sizeof e->price_version);
-    get_str(r, e->error_type, sizeof e->error_type);
+    for (size_t i = 0; i < N_STR_FIELDS; i++)
+        get_str(r, (char *)e + str_fields[i].off, str_fields[i].cap);
 }
 
 static void checksum(const unsigned char *rec, size_t n, unsigned char out[REC_SUM])
