@@ -811,8 +811,9 @@ void tg_chat_run_deferred(struct tg_request *r)
 }
 
 /* The attempt's final row: journaled right here and acknowledged at once (on_settled runs
- * before this returns); queued for the writer only for an in-memory ledger or from inside
- * another acknowledgement. Never from inside a libcurl callback: the transfer is finished. */
+ * before this returns); queued for the writer instead from inside another acknowledgement,
+ * with synchronous=full, or for an in-memory ledger. Never from inside a libcurl callback:
+ * the transfer is finished. */
 static void settle(struct tg_request *r)
 {
     pthread_mutex_lock(&r->mu);

@@ -1,7 +1,6 @@
 /* cli_bill.c: `tollgate bill`: argument parsing and exit codes around bill.c. It only reads
  * the ledger; it must never create or modify one. */
 #include "cli_util.h"
-#include "tollgate/ledger.h"
 #include "tollgate/cli.h"
 
 #include <stdbool.h>
@@ -130,10 +129,7 @@ int tg_cli_bill(int argc, char **argv)
     if (filter.since_ms > 0 && filter.until_ms > 0 && filter.since_ms >= filter.until_ms)
         return usage_error("--from must be before --to (--to is exclusive)", NULL);
 
-    if (tg_ledger_journal_unreplayed(path))
-        fprintf(stderr, "tollgate: warning: %s-tgj0/1 hold ledger operations that are not in %s"
-                " yet (the daemon stopped without emptying its journal, e.g. killed); start"
-                " `tollgate serve` on this ledger once to write them\n", path, path);
+    tg_cli_warn_unreplayed(path);
     char err[512];
     struct tg_bill *bill = NULL;
     int st = tg_bill_load(path, &filter, &bill, err, sizeof err);

@@ -117,10 +117,7 @@ static int verify(int argc, char **argv)
             return usage_error(arg[0] == '-' ? "unknown option" : "unexpected argument", arg);
         }
     }
-    if (tg_ledger_journal_unreplayed(path))
-        fprintf(stderr, "tollgate: warning: %s-tgj0/1 hold ledger operations that are not in %s"
-                " yet (the daemon stopped without emptying its journal, e.g. killed); start"
-                " `tollgate serve` on this ledger once to write them\n", path, path);
+    tg_cli_warn_unreplayed(path);
     char err[512];
     struct tg_ledger_verify_report r;
     int st = tg_ledger_verify(path, &r, err, sizeof err);

@@ -1,7 +1,10 @@
-/* cli_util.c: option parsing shared by the tollgate subcommands. */
+/* cli_util.c: option parsing and notices shared by the tollgate subcommands. */
 #include "cli_util.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "tollgate/ledger.h"
 
 const char *tg_cli_option_value(int argc, char **argv, int *i, const char *name, bool *missing)
 {
@@ -18,4 +21,12 @@ const char *tg_cli_option_value(int argc, char **argv, int *i, const char *name,
         return NULL;
     }
     return argv[++*i];
+}
+
+void tg_cli_warn_unreplayed(const char *path)
+{
+    if (tg_ledger_journal_unreplayed(path))
+        fprintf(stderr, "tollgate: warning: %s-tgj0/1 hold ledger operations that are not in %s"
+                " yet (the daemon stopped without emptying its journal, e.g. killed); start"
+                " `tollgate serve` on this ledger once to write them\n", path, path);
 }
