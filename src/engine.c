@@ -444,6 +444,15 @@ static void *engine_main(void *arg)
     tg_ledger_defer_wakes(true);
     for (;;) {
         run_ops(e, false);
+        /* a transfer added just now set a 0 ms timer: start it here rather than after a turn
+         * through epoll_wait(0) (a system call per request; at most once per iteration, so
+         * the sockets are still polled) */
+        if (e->timer_due_us && e->timer_due_us <= tg_now_us()) {
+            e->timer_due_us = 0;
+            curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+            reap(e);
+            run_ops(e, false);
+        }
         int wait_ms = run_delayed(e);
         pthread_mutex_lock(&e->mu);
         bool stopping = e->stopping, aborting = e->aborting;

@@ -439,6 +439,12 @@ static void front_run(void *ud)
         atomic_store(&f->quiesced, true);
     }
     MHD_run(f->d);
+    /* After a response libmicrohttpd asks to run again at once (a 0 ms timeout) while the
+     * connection moves back to reading: take those turns here (a few at most) instead of
+     * one pass of the loop, with its epoll_wait(0), for each. */
+    MHD_UNSIGNED_LONG_LONG ms;
+    for (int i = 0; i < 3 && MHD_get_timeout(f->d, &ms) == MHD_YES && ms == 0; i++)
+        MHD_run(f->d);
 }
 
 static int front_timeout(void *ud)
