@@ -90,8 +90,6 @@ struct tg_ledger {
     struct tg_journal *journal;    /* NULL for an in-memory ledger: eager calls queue */
     bool sync_full;                /* synchronous=FULL: eager calls queue too (below) */
     int64_t next_id;               /* the id the next insert takes */
-    uint64_t unapplied;            /* journaled operations given up at close (replayed at
-                                      the next open) */
 
     /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
      * writer's commits never stall behind a checkpoint's fsync. It looks every
@@ -211,7 +209,6 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
     bool committed = write_batch(lg, batch);
     struct op *retry = NULL, *rlast = NULL;
     unsigned nretry = 0, applied[2] = {0, 0};
-    uint64_t given_up = 0;
     bool closing = false;
     if (!committed) {
         pthread_mutex_lock(&lg->mu);
@@ -231,7 +228,8 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
                 nretry++;
                 continue;
             }
-            given_up++;
+            /* given up: never reported applied, so tg_journal_pending keeps counting it
+             * and close leaves the journal for the next open's replay */
         } else if (op->journaled) {
             applied[op->slot]++;   /* in SQLite, or refused by it for good (logged) */
         }
@@ -247,7 +245,6 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
             tg_journal_applied(lg->journal, i, applied[i]);
     if (committed)
         lg->commits++;
-    lg->unapplied += given_up;
     lg->pending -= n - nretry;
     if (retry) {
         /* older than anything queued since: back in front, in their order */
@@ -268,7 +265,7 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
 static bool write_now(const struct tg_ledger *lg)
 {
     return lg->closing || lg->plain_queued > 0 || lg->flushers > 0 ||
-           lg->pending >= lg->max_batch || !lg->journal;
+           lg->pending >= lg->max_batch;
 }
 
 static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t mono_us)
@@ -455,7 +452,7 @@ void tg_ledger_close(struct tg_ledger *lg)
         pthread_join(lg->writer, NULL);
     /* The writer left only after the queue was empty. Everything journaled is in SQLite
      * unless a batch failed at the end: then the next open replays the journal. */
-    if (lg->journal && lg->unapplied == 0 && tg_journal_pending(lg->journal) == 0 &&
+    if (lg->journal && tg_journal_pending(lg->journal) == 0 &&
         tg_journal_reset(lg->journal) != TG_OK)
         tg_warn("ledger: the journal was not emptied; the next open replays it");
     ledger_destroy(lg);
@@ -496,12 +493,11 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
         row_id = op->row_id;
         journal = eager && eager_ok(lg);
         if (journal) {
-            struct tg_journal_rec rec = {
-                .kind = op->kind == OP_INSERT   ? TG_JOURNAL_INSERT
-                        : op->kind == OP_SETTLE ? TG_JOURNAL_SETTLE
-                                                : TG_JOURNAL_MARK,
-                .row_id = op->row_id, .settled_ms = op->settled_ms, .e = op->e};
-            ack = tg_journal_append(lg->journal, &rec, &slot);
+            enum tg_journal_kind kind = op->kind == OP_INSERT   ? TG_JOURNAL_INSERT
+                                        : op->kind == OP_SETTLE ? TG_JOURNAL_SETTLE
+                                                                : TG_JOURNAL_MARK;
+            ack = tg_journal_append(lg->journal, kind, op->row_id, op->settled_ms, &op->e,
+                                    &slot);
         }
         if (ack != TG_OK) {
             if (op->kind == OP_INSERT)

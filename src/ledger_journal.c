@@ -377,7 +377,8 @@ int tg_journal_reset(struct tg_journal *j)
     return result;
 }
 
-int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec, int *slot)
+int tg_journal_append(struct tg_journal *j, enum tg_journal_kind kind, int64_t row_id,
+                      int64_t settled_ms, const struct tg_ledger_entry *e, int *slot)
 {
     if (j->active < 0)
         return TG_ERR_IO;
@@ -391,11 +392,11 @@ int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec, in
 
     unsigned char buf[REC_HEAD + PAYLOAD_MAX + REC_SUM];
     struct enc w = {.p = buf + REC_HEAD, .cap = PAYLOAD_MAX};
-    put_i64(&w, rec->kind);
-    put_i64(&w, rec->row_id);
-    put_i64(&w, rec->settled_ms);
-    if (rec->kind != TG_JOURNAL_MARK)
-        encode_entry(&w, &rec->e);
+    put_i64(&w, kind);
+    put_i64(&w, row_id);
+    put_i64(&w, settled_ms);
+    if (kind != TG_JOURNAL_MARK)
+        encode_entry(&w, e);
     if (w.over)
         return TG_ERR_RANGE;
     uint32_t magic = REC_MAGIC, len = (uint32_t)w.n;

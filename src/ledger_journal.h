@@ -21,7 +21,7 @@
 
 enum tg_journal_kind { TG_JOURNAL_INSERT = 1, TG_JOURNAL_SETTLE, TG_JOURNAL_MARK };
 
-/* One operation as journaled. e is unused for TG_JOURNAL_MARK. */
+/* One operation as the replay reads it back. e is unused for TG_JOURNAL_MARK. */
 struct tg_journal_rec {
     enum tg_journal_kind kind;
     int64_t row_id;          /* insert: the id the row takes; settle, mark: the row */
@@ -49,13 +49,14 @@ int tg_journal_replay(struct tg_journal *j, tg_journal_fn fn, void *ud,
  * TG_OK or TG_ERR_IO. */
 int tg_journal_reset(struct tg_journal *j) TG_WUR;
 
-/* Append one record to the active file (rotating first when it is full and the other file
- * is empty). *slot = the file it went to, for tg_journal_applied. TG_OK, TG_ERR_IO (nothing
+/* Append one operation to the active file (rotating first when it is full and the other
+ * file is empty); e (borrowed; NULL for TG_JOURNAL_MARK) is encoded straight from the
+ * caller's copy. *slot = the file it went to, for tg_journal_applied. TG_OK, TG_ERR_IO (nothing
  * counted; a partial record is overwritten by the next append) or TG_ERR_RANGE (a record
  * that cannot be encoded). Durable against a process crash on return (the page cache), not
  * against power loss: a ledger with synchronous=FULL does not acknowledge from the journal. */
-int tg_journal_append(struct tg_journal *j, const struct tg_journal_rec *rec,
-                      int *slot) TG_WUR;
+int tg_journal_append(struct tg_journal *j, enum tg_journal_kind kind, int64_t row_id,
+                      int64_t settled_ms, const struct tg_ledger_entry *e, int *slot) TG_WUR;
 
 /* n records appended to slot are now in SQLite (committed) or never will be: when the
  * last record of a retired file is, the file is emptied for reuse. */
