@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,11 @@
 #include "tollgate/log.h"
 
 #define DEFAULT_MAX_BATCH 512u
+
+/* Spent operations kept for reuse: an operation is 1.2 KiB, malloc'd on a loop's thread and
+ * freed on the writer's, and that cross-thread large malloc/free pair (with its arena lock
+ * and fastbin consolidation) was a visible share of a request's CPU. */
+#define SPARE_MAX 256u
 
 /* A batch that failed to commit (disk full, I/O error) is tried again after this long:
  * its journaled operations were acknowledged and must reach SQLite. */
@@ -80,7 +86,7 @@ struct tg_ledger {
     uint64_t enq_seq;              /* seq of the last queued op */
     uint64_t done_seq;             /* every op with seq <= done_seq has been acknowledged */
     uint64_t commits;
-    bool closing;
+    atomic_bool closing;           /* written under mu; tg_ledger_idle reads it without */
     bool paused;
     bool retry_wait;               /* the last batch failed: pause RETRY_MS before the next */
     bool writer_idle;              /* the writer waits for work: a new operation signals */
@@ -90,6 +96,8 @@ struct tg_ledger {
     struct tg_journal *journal;    /* NULL for an in-memory ledger: eager calls queue */
     bool sync_full;                /* synchronous=FULL: eager calls queue too (below) */
     int64_t next_id;               /* the id the next insert takes */
+    struct op *spare;              /* spent operations for reuse (at most SPARE_MAX) */
+    unsigned nspare;
 
     /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
      * writer's commits never stall behind a checkpoint's fsync. It looks every
@@ -198,6 +206,14 @@ static bool write_batch(struct tg_ledger *lg, struct op *batch)
     return true;
 }
 
+static void free_ops(struct op *list)
+{
+    for (struct op *next; list; list = next) {
+        next = list->next;
+        free(list);
+    }
+}
+
 /* Write batch (n operations, the last one numbered last_seq) in one transaction, run each
  * acknowledgement and free the operations. A journaled operation of a batch that did not
  * commit goes back to the front of the queue (unless closing: then the next open replays
@@ -207,7 +223,7 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
     const struct tg_ledger *outer = writer_of;
     writer_of = lg;   /* acks run as the writer: they may queue, a flush must not wait */
     bool committed = write_batch(lg, batch);
-    struct op *retry = NULL, *rlast = NULL;
+    struct op *retry = NULL, *rlast = NULL, *spent = NULL;
     unsigned nretry = 0, applied[2] = {0, 0};
     bool closing = false;
     if (!committed) {
@@ -235,11 +251,19 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
         }
         if (op->cb)
             op->cb(op->ud, op->st, op->st == TG_OK ? op->row_id : 0);
-        free(op);
+        op->next = spent;
+        spent = op;
     }
     writer_of = outer;
 
     pthread_mutex_lock(&lg->mu);
+    while (spent && lg->nspare < SPARE_MAX) {
+        struct op *op = spent;
+        spent = op->next;
+        op->next = lg->spare;
+        lg->spare = op;
+        lg->nspare++;
+    }
     for (int i = 0; i < 2; i++)
         if (applied[i])
             tg_journal_applied(lg->journal, i, applied[i]);
@@ -259,6 +283,7 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
     }
     pthread_cond_broadcast(&lg->done);
     pthread_mutex_unlock(&lg->mu);
+    free_ops(spent);
 }
 
 /* Whether the writer should write what is queued now rather than let it gather. mu held. */
@@ -372,6 +397,7 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
 
 static void ledger_destroy(struct tg_ledger *lg)
 {
+    free_ops(lg->spare);
     tg_journal_close(lg->journal);
     sqlite3_close(lg->ckpt_db);
     pthread_cond_destroy(&lg->ckpt_cv);
@@ -467,9 +493,20 @@ static bool eager_ok(const struct tg_ledger *lg)
     return lg->journal && !lg->sync_full && !lg->closing && writer_of != lg && acking != lg;
 }
 
-/* Queue op for the writer; with eager (and a journal), first make it durable in the journal
- * and acknowledge it on this thread before returning. Every insert takes its row id here,
- * in queue order. */
+/* A spent operation, or a new one. mu held (malloc under it only until the spares fill). */
+static struct op *take_op(struct tg_ledger *lg)
+{
+    struct op *op = lg->spare;
+    if (!op)
+        return malloc(sizeof *op);
+    lg->spare = op->next;
+    lg->nspare--;
+    return op;
+}
+
+/* Queue a copy of op (the caller's, on its stack) for the writer; with eager (and a
+ * journal), first make it durable in the journal and acknowledge it on this thread before
+ * returning. Every insert takes its row id here, in queue order. */
 static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
 {
     int st = TG_OK, ack = TG_OK, slot = 0;
@@ -477,6 +514,7 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
     tg_ledger_ack_cb cb = op->cb;
     void *ud = op->ud;
     int64_t row_id = 0;
+    struct op *queued = NULL;
     pthread_mutex_lock(&lg->mu);
     if (lg->closing && writer_of != lg) {
         st = TG_ERR_STATE;
@@ -487,6 +525,8 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
         ack = TG_ERR_NOTFOUND;
         tg_warn("ledger: settle of request %s attempt %d: no row %lld", op->e.request_id,
                 op->e.attempt, (long long)op->row_id);
+    } else if (!(queued = take_op(lg))) {
+        st = TG_ERR_NOMEM;
     } else {
         if (op->kind == OP_INSERT)
             op->row_id = lg->next_id++;
@@ -504,7 +544,14 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
                 lg->next_id--;   /* nobody took an id since: mu is held */
             row_id = 0;
             ack = TG_ERR_IO;
+            queued->next = lg->spare;   /* back unused */
+            lg->spare = queued;
+            lg->nspare++;
         } else {
+            /* a mark never reads e: only the head is copied */
+            memcpy(queued, op, op->kind == OP_MARK_DISCONNECTED ? offsetof(struct op, e)
+                                                                : sizeof *op);
+            op = queued;
             op->journaled = journal;
             op->slot = slot;
             if (journal)
@@ -518,7 +565,6 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
             else
                 lg->head = op;
             lg->tail = op;
-            op = NULL;   /* the writer's now */
             /* a gathering writer is woken only when it should stop gathering; an idle one,
              * for journaled operations on an event loop, when the loop is about to wait */
             bool wake = lg->gathering ? write_now(lg) : lg->writer_idle;
@@ -530,7 +576,6 @@ static int enqueue(struct tg_ledger *lg, struct op *op, bool eager)
         }
     }
     pthread_mutex_unlock(&lg->mu);
-    free(op);   /* refused, or journaling failed */
     if (st != TG_OK || !journal)
         return st;
     if (cb) {
@@ -561,12 +606,10 @@ void tg_ledger_wake_writer(void)
 
 bool tg_ledger_idle(struct tg_ledger *lg)
 {
-    if (!lg)
-        return false;
-    pthread_mutex_lock(&lg->mu);
-    bool idle = eager_ok(lg);
-    pthread_mutex_unlock(&lg->mu);
-    return idle;
+    /* Without mu: a hint taken on every answer, and enqueue decides again under mu (a close
+     * that starts in between only makes the eager call queue). The lock was one of the
+     * loops' most contended. */
+    return lg && eager_ok(lg);
 }
 
 static bool entry_valid(const struct tg_ledger_entry *e)
@@ -575,12 +618,10 @@ static bool entry_valid(const struct tg_ledger_entry *e)
            (unsigned)e->status <= TG_ROW_INTERRUPTED;
 }
 
-static struct op *op_new(enum op_kind kind, const struct tg_ledger_entry *e,
-                         tg_ledger_ack_cb cb, void *ud)
+/* Fill *op (the caller's) for enqueue. */
+static void op_init(struct op *op, enum op_kind kind, const struct tg_ledger_entry *e,
+                    tg_ledger_ack_cb cb, void *ud)
 {
-    struct op *op = malloc(sizeof *op);
-    if (!op)
-        return NULL;
     op->next = NULL;
     op->kind = kind;
     op->row_id = 0;
@@ -591,14 +632,14 @@ static struct op *op_new(enum op_kind kind, const struct tg_ledger_entry *e,
     op->cb = cb;
     op->ud = ud;
     op->settled_ms = -1;
+    op->enq_us = 0;
     if (!e)
-        return op;
+        return;
     op->e = *e;
     int64_t now = tg_wall_ms();
     if (op->e.created_ms < 0)
         op->e.created_ms = now;
     op->settled_ms = kind == OP_SETTLE || e->status != TG_ROW_RESERVED ? now : -1;
-    return op;
 }
 
 static int insert(struct tg_ledger *lg, const struct tg_ledger_entry *e, tg_ledger_ack_cb cb,
@@ -608,8 +649,9 @@ static int insert(struct tg_ledger *lg, const struct tg_ledger_entry *e, tg_ledg
         return TG_ERR_STATE;
     if (!entry_valid(e) || e->request_id[0] == '\0')
         return TG_ERR_RANGE;
-    struct op *op = op_new(OP_INSERT, e, cb, ud);
-    return op ? enqueue(lg, op, eager) : TG_ERR_NOMEM;
+    struct op op;
+    op_init(&op, OP_INSERT, e, cb, ud);
+    return enqueue(lg, &op, eager);
 }
 
 static int settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_entry *e,
@@ -619,11 +661,10 @@ static int settle(struct tg_ledger *lg, int64_t row_id, const struct tg_ledger_e
         return TG_ERR_STATE;
     if (!entry_valid(e) || row_id <= 0 || e->status == TG_ROW_RESERVED)
         return TG_ERR_RANGE;
-    struct op *op = op_new(OP_SETTLE, e, cb, ud);
-    if (!op)
-        return TG_ERR_NOMEM;
-    op->row_id = row_id;
-    return enqueue(lg, op, eager);
+    struct op op;
+    op_init(&op, OP_SETTLE, e, cb, ud);
+    op.row_id = row_id;
+    return enqueue(lg, &op, eager);
 }
 
 int tg_ledger_insert(struct tg_ledger *lg, const struct tg_ledger_entry *e,
@@ -656,11 +697,10 @@ int tg_ledger_mark_disconnected(struct tg_ledger *lg, int64_t row_id)
         return TG_ERR_STATE;
     if (row_id <= 0)
         return TG_ERR_RANGE;
-    struct op *op = op_new(OP_MARK_DISCONNECTED, NULL, NULL, NULL);
-    if (!op)
-        return TG_ERR_NOMEM;
-    op->row_id = row_id;
-    return enqueue(lg, op, false);
+    struct op op;
+    op_init(&op, OP_MARK_DISCONNECTED, NULL, NULL, NULL);
+    op.row_id = row_id;
+    return enqueue(lg, &op, false);
 }
 
 void tg_ledger_flush(struct tg_ledger *lg)
