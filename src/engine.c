@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,17 @@ struct tg_engine {
      * (a new handle costs a 5 KiB zeroed allocation and its buffers, per request) */
     CURL *spare[ENGINE_SPARE_HANDLES];
     unsigned n_spare;
+    /* loop thread only: by fd, what our epoll set holds for each libcurl socket (W_IN,
+     * W_OUT; 0 = not in the set) and whether libcurl still watches it (W_WANTED). */
+    uint8_t *watch;
+    size_t n_watch;
 };
+
+#define W_IN 1u
+#define W_OUT 2u
+#define W_WANTED 4u
+
+static int on_close_socket(void *clientp, curl_socket_t s);
 
 static CURL *handle_get(struct tg_engine *e)
 {
@@ -251,6 +262,9 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* kept with the connection: whichever handle closes it later tells this loop */
+    curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, e);
     /* A per-transfer buffer, times thousands of open streams: SSE events are small. */
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, r->stream ? 4096L : 16384L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->pc->connect_timeout_ms);
@@ -361,30 +375,87 @@ static int run_delayed(struct tg_engine *e)
 }
 
 /* libcurl: watch (or stop watching) socket s. */
-static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+/* The watch entry of socket s, the table grown to hold it if grow; NULL if s is out of
+ * range (or memory ran out). */
+static uint8_t *watch_of(struct tg_engine *e, curl_socket_t s, bool grow)
 {
-    struct tg_engine *e = userp;
-    if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL);
-        return 0;
+    if (s < 0)
+        return NULL;
+    if ((size_t)s >= e->n_watch) {
+        if (!grow)
+            return NULL;
+        size_t n = e->n_watch ? e->n_watch : 64;
+        while (n <= (size_t)s)
+            n *= 2;
+        uint8_t *w = realloc(e->watch, n);
+        if (!w)
+            return NULL;
+        memset(w + e->n_watch, 0, n - e->n_watch);
+        e->watch = w;
+        e->n_watch = n;
     }
-    struct epoll_event ev = {.data.fd = s};
-    if (what & CURL_POLL_IN)
-        ev.events |= EPOLLIN;
-    if (what & CURL_POLL_OUT)
-        ev.events |= EPOLLOUT;
-    /* socketp marks a socket already in our epoll set (libcurl forgets it at REMOVE): one
-     * epoll_ctl per change, not a failing MOD before each ADD */
-    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    return &e->watch[s];
+}
+
+static void set_events(struct tg_engine *e, curl_socket_t s, int op, uint32_t events)
+{
+    struct epoll_event ev = {.events = events, .data.fd = s};
     if (epoll_ctl(e->epfd, op, s, &ev) != 0) {
         if (errno == EEXIST)
             epoll_ctl(e->epfd, EPOLL_CTL_MOD, s, &ev);
         else if (errno == ENOENT)
             epoll_ctl(e->epfd, EPOLL_CTL_ADD, s, &ev);
     }
-    if (!socketp)
-        curl_multi_assign(e->multi, s, e);
+}
+
+/* libcurl: watch s for what. A socket libcurl stops watching (REMOVE: its connection goes
+ * back to the pool between requests) stays in our epoll set, unwanted, so the next request
+ * on that connection usually needs no epoll_ctl at all (an ADD and a DEL per request
+ * before). Should an unwanted socket turn ready (the upstream closed it), the loop takes it
+ * out then; when libcurl closes a socket (on_close_socket), its entry is cleared, so a new
+ * socket given the same number is added afresh. */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)socketp;
+    struct tg_engine *e = userp;
+    uint8_t *w = watch_of(e, s, true);
+    unsigned want = (what & CURL_POLL_IN ? W_IN : 0) | (what & CURL_POLL_OUT ? W_OUT : 0);
+    if (what == CURL_POLL_REMOVE || want == 0) {
+        if (w)
+            *w &= (uint8_t)~W_WANTED;
+        else
+            epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL);   /* no table: the plain way */
+        return 0;
+    }
+    unsigned have = w ? *w & (W_IN | W_OUT) : 0;
+    if (!w || have != want)
+        set_events(e, s, w && have ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+                   (want & W_IN ? EPOLLIN : 0u) | (want & W_OUT ? EPOLLOUT : 0u));
+    if (w)
+        *w = (uint8_t)(want | W_WANTED);
     return 0;
+}
+
+/* libcurl closes a socket of ours (CURLOPT_CLOSESOCKETFUNCTION): the kernel drops it from
+ * the epoll set with it, and its number is free for a new socket. */
+static int on_close_socket(void *clientp, curl_socket_t s)
+{
+    uint8_t *w = watch_of(clientp, s, false);
+    if (w)
+        *w = 0;
+    return close(s);
+}
+
+/* An event on a socket libcurl no longer watches: take it out of the set (level-triggered,
+ * it would fire again and again). libcurl checks a pooled connection before reusing it. */
+static bool unwanted(struct tg_engine *e, curl_socket_t s)
+{
+    uint8_t *w = watch_of(e, s, false);
+    if (!w || (*w & W_WANTED))
+        return false;
+    epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL);
+    *w = 0;
+    return true;
 }
 
 /* libcurl: call socket_action(TIMEOUT) after timeout_ms (-1 = no timer). */
@@ -508,6 +579,8 @@ static void *engine_main(void *arg)
                 front_ready = true;
                 continue;
             }
+            if (unwanted(e, evs[i].data.fd))
+                continue;
             int flags = 0;
             if (evs[i].events & EPOLLIN)
                 flags |= CURL_CSELECT_IN;
@@ -632,6 +705,7 @@ void tg_engine_free(struct tg_engine *e)
     tg_engine_stop(e);
     handles_free(e);
     curl_multi_cleanup(e->multi);
+    free(e->watch);
     close(e->epfd);
     close(e->evfd);
     pthread_mutex_destroy(&e->mu);
