@@ -418,7 +418,14 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
         tg_set_err(err, errlen, "ledger: out of memory");
         return NULL;
     }
-    pthread_mutex_init(&lg->mu, NULL);
+    /* Adaptive: the event loops take mu for one journal append each (a pwrite of ~300
+     * bytes); a loop that finds it held spins for that rather than sleeping on a futex
+     * (a system call and a wake-up each way, the loops' most frequent before). */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&lg->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_cond_init(&lg->work, NULL);
     pthread_cond_init(&lg->done, NULL);
     pthread_cond_init(&lg->ckpt_cv, NULL);
