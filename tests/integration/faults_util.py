@@ -38,6 +38,12 @@ def ok(delay=0.0):
     return {"kind": "ok", "delay": delay}
 
 
+def ok_then_close(after=0.05):
+    """The normal answer on a connection left open (no "Connection: close"), which the
+    server then closes after @after seconds idle, as an upstream's keep-alive timeout does."""
+    return {"kind": "ok_then_close", "after": after}
+
+
 def status(code, body=None, headers=None, delay=0.0):
     """An error status with a Groq-shaped body (the fixture's when there is one)."""
     return {"kind": "status", "status": code, "body": body, "headers": headers or {},
@@ -228,9 +234,9 @@ class FaultServer:
                 .replace("__REQUEST_ID__", "req_01faultserverfaultserver01"))
 
     @staticmethod
-    def _send(sock, code, reason, ctype, payload, headers=None):
+    def _send(sock, code, reason, ctype, payload, headers=None, close=True):
         h = ["HTTP/1.1 %d %s" % (code, reason), "Content-Type: " + ctype,
-             "Content-Length: %d" % len(payload), "Connection: close"]
+             "Content-Length: %d" % len(payload)] + (["Connection: close"] if close else [])
         for k, v in (headers or {}).items():
             h.append("%s: %s" % (k, v))
         sock.sendall(("\r\n".join(h) + "\r\n\r\n").encode("latin-1") + payload)
@@ -247,6 +253,11 @@ class FaultServer:
             return
         payload = self._fill(H.fixture_text("groq", "chat.json"), body).encode()
         self._send(sock, 200, "OK", "application/json", payload)
+
+    def _do_ok_then_close(self, sock, action, body):
+        payload = self._fill(H.fixture_text("groq", "chat.json"), body).encode()
+        self._send(sock, 200, "OK", "application/json", payload, close=False)
+        self._wait(sock, action["after"])   # then _handle closes it: a FIN to an idle client
 
     def _do_status(self, sock, action, body):
         code = action["status"]

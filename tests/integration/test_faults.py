@@ -12,6 +12,7 @@ bad_response, auth; a caller error keeps the error's own type (or "caller").
 """
 
 import json
+import os
 import threading
 import time
 import unittest
@@ -368,6 +369,32 @@ class Retries(FaultCase):
         u = H.expected_stream("groq")["usage"]
         self.assertEqual((r["prompt_tokens"], r["completion_tokens"]), u[:2], r)
         self.assertEqual(r["cost_nano"], H.cost_nano(H.offer(H.MODEL, "groq"), *u[:2]), r)
+
+    def test_upstream_closing_idle_connections(self):
+        # The upstream keeps each connection open after its answer and closes it a moment
+        # later while it idles in the gateway's pool (a keep-alive timeout). The gateway
+        # leaves a pooled socket in its event loop's epoll set between requests, so that
+        # close makes it readable while nobody waits on it: the loop must drop it, not spin
+        # on it, and the next request must get a fresh connection and its answer at once
+        # (one attempt: the dead connection is never used).
+        self.fault.script(F.ok_then_close(0.05))
+        pid = self.gw.proc.proc.pid
+
+        def cpu_s():
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        for i in range(5):
+            resp = self.gw.chat(H.chat_body(text=H.nonce("idleclose")), timeout=5)
+            self.assertEqual(resp.status, 200, resp)
+            self.assert_routed(resp, "groq", 1)
+            time.sleep(0.2)                    # the upstream has closed it by now
+            before = cpu_s()
+            time.sleep(0.5)
+            self.assertLess(cpu_s() - before, 0.2,
+                            "the gateway spent CPU while idle with a closed pooled socket")
+        self.assertEqual(len(self.fault.requests()), 5)
 
     def test_daemon_healthy_afterwards(self):
         self.fault.script(F.ok())
