@@ -52,6 +52,17 @@
 
 enum op_kind { OP_INSERT, OP_SETTLE, OP_MARK_DISCONNECTED };
 
+/* pair_settlements' table (a power of two; pairs at most half of it per batch) */
+#define PAIR_SLOTS 1024u
+
+/* The identity columns a settlement may leave "" to keep the reservation's (as
+ * tg_store_settle does). */
+#define IDENT_FIELD(f) {offsetof(struct tg_ledger_entry, f), sizeof(((struct tg_ledger_entry *)0)->f)}
+static const struct {
+    size_t off, cap;
+} ident_fields[] = {IDENT_FIELD(key_id), IDENT_FIELD(provider), IDENT_FIELD(model_requested),
+                    IDENT_FIELD(model_canonical), IDENT_FIELD(model_upstream)};
+
 /* One queued operation: a private copy of the caller's entry plus its acknowledgement.
  * (A mark operation leaves e unset: it never reads it.) */
 struct op {
@@ -62,6 +73,8 @@ struct op {
     uint64_t seq;          /* enqueue order, for tg_ledger_flush */
     int st;                /* outcome, written by the writer before the ack */
     bool journaled;        /* durable in the journal and acknowledged: cb is NULL */
+    bool merged;           /* settle: written by its row's insert in the same batch */
+    struct op *pair;       /* reserved insert: its row's settle later in the batch */
     int slot;              /* journaled: the journal file it went to */
     int64_t enq_us;        /* monotonic time it was queued */
     tg_ledger_ack_cb cb;
@@ -163,6 +176,25 @@ static int apply(struct tg_ledger *lg, struct op *op, bool *fatal)
 {
     switch (op->kind) {
     case OP_INSERT:
+        if (op->pair) {
+            /* the row as its settlement would leave it (tg_store_settle's merge): the
+             * outcome from the settle, request id, attempt and creation from the
+             * reservation, identity the settle leaves "" from the reservation */
+            const struct tg_ledger_entry *ins = &op->e;
+            struct tg_ledger_entry m = op->pair->e;
+            memcpy(m.request_id, ins->request_id, sizeof m.request_id);
+            m.attempt = ins->attempt;
+            m.created_ms = ins->created_ms;
+            m.client_disconnected = m.client_disconnected || ins->client_disconnected;
+            for (size_t i = 0; i < sizeof ident_fields / sizeof ident_fields[0]; i++) {
+                char *f = (char *)&m + ident_fields[i].off;
+                if (f[0] == '\0')
+                    memcpy(f, (const char *)ins + ident_fields[i].off, ident_fields[i].cap);
+            }
+            int st = tg_store_insert(&lg->store, &m, op->pair->settled_ms, op->row_id, fatal);
+            op->pair->st = st;
+            return st;
+        }
         return tg_store_insert(&lg->store, &op->e, op->settled_ms, op->row_id, fatal);
     case OP_SETTLE:
         return tg_store_settle(&lg->store, op->row_id, &op->e, op->settled_ms, fatal);
@@ -178,17 +210,57 @@ static void fail_all(struct op *batch)
             op->st = TG_ERR_IO;
 }
 
+/* Pair each reserved insert in batch with its row's settlement later in the same batch, when
+ * nothing else touches the row in between: the two are written as one insert of the settled
+ * row (the same row, chain link and rollup as an insert then an update, for one statement
+ * instead of two). With the journal's gathering, a short request's reserve and settle
+ * usually share a batch. */
+static void pair_settlements(struct op *batch)
+{
+    struct {
+        int64_t id;
+        struct op *ins;   /* NULL: the row was touched since; not pairable */
+    } tab[PAIR_SLOTS];
+    memset(tab, 0, sizeof tab);
+    unsigned used = 0;
+    for (struct op *op = batch; op; op = op->next) {
+        op->pair = NULL;
+        op->merged = false;
+        if (op->row_id <= 0)
+            continue;
+        size_t i = (size_t)op->row_id & (PAIR_SLOTS - 1);
+        while (tab[i].id != 0 && tab[i].id != op->row_id)
+            i = (i + 1) & (PAIR_SLOTS - 1);
+        if (op->kind == OP_INSERT) {
+            if (op->e.status == TG_ROW_RESERVED && tab[i].id == 0 && used < PAIR_SLOTS / 2) {
+                tab[i].id = op->row_id;
+                tab[i].ins = op;
+                used++;
+            }
+        } else if (tab[i].id == op->row_id && tab[i].ins) {
+            if (op->kind == OP_SETTLE) {
+                tab[i].ins->pair = op;
+                op->merged = true;
+            }
+            tab[i].ins = NULL;   /* a second settle or a mark goes its own way */
+        }
+    }
+}
+
 /* One transaction for the whole batch. Returns true if it committed; each op->st says how
  * that op fared. */
 static bool write_batch(struct tg_ledger *lg, struct op *batch)
 {
     for (struct op *op = batch; op; op = op->next)
         op->st = TG_OK;
+    pair_settlements(batch);
     if (tg_store_begin(&lg->store) != TG_OK) {
         fail_all(batch);
         return false;
     }
     for (struct op *op = batch; op; op = op->next) {
+        if (op->merged)
+            continue;   /* written (and its st set) with its row's insert */
         bool fatal = false;
         op->st = apply(lg, op, &fatal);
         if (fatal || (op->st != TG_OK && sqlite3_get_autocommit(lg->store.db))) {

@@ -977,6 +977,134 @@ static void assert_fault(const char *path, enum tg_ledger_fault f, int64_t row_i
                  (long long)r.row_id, r.detail);
 }
 
+/* Every row of table (ORDER BY its first column) as text, the columns named in skip left
+ * out (comma-separated, surrounded by commas). */
+static void table_text(const char *path, const char *table, const char *skip, char *out,
+                       size_t len)
+{
+    sqlite3 *db = reader(path);
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT * FROM %s ORDER BY 1", table);
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    size_t off = 0;
+    out[0] = '\0';
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        for (int i = 0; i < sqlite3_column_count(s); i++) {
+            char name[80];
+            snprintf(name, sizeof name, ",%s,", sqlite3_column_name(s, i));
+            if (strstr(skip, name))
+                continue;
+            const unsigned char *t = sqlite3_column_text(s, i);
+            off += (size_t)snprintf(out + off, len - off, "%s=%s|", sqlite3_column_name(s, i),
+                                    t ? (const char *)t : "NULL");
+            assert_true(off < len);
+        }
+        off += (size_t)snprintf(out + off, len - off, "\n");
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
+/* One reserve, its settlement, and (mark) a client-disconnected flag between them, into
+ * the ledger at path: in one batch (together) or each committed on its own. Returns the
+ * writer's commits. */
+static uint64_t reserve_settle(const char *path, bool together, int variant)
+{
+    struct tg_ledger *lg = open_ok(path, NULL);
+    uint64_t c0 = tg_ledger_test_commits(lg);
+    if (together)
+        tg_ledger_test_pause(lg, true);
+    struct tg_ledger_entry e, s;
+    entry(&e, "req-batch");
+    snprintf(e.key_id, sizeof e.key_id, "k1");
+    e.attempt = 2;
+    e.reserved_nano = 90000;
+    e.prompt_tokens = 12;
+    e.client_disconnected = variant == 2;
+    struct ack a1 = {0}, a2 = {0};
+    assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &a1), TG_OK);
+    if (!together)
+        tg_ledger_flush(lg);
+    entry(&s, "req-batch");
+    s.attempt = 2;
+    s.created_ms = e.created_ms + 5000;   /* never replaces the reservation's */
+    s.key_id[0] = '\0';                   /* "" keeps the reserved identity */
+    if (variant == 1)
+        snprintf(s.provider, sizeof s.provider, "together");   /* a changed identity */
+    else
+        s.provider[0] = '\0';
+    s.status = TG_ROW_BILLED;
+    s.usage_source = TG_USAGE_REPORTED;
+    s.prompt_tokens = 10;
+    s.completion_tokens = 20;
+    s.cached_tokens = 3;
+    s.cost_nano = 13500;
+    s.reserved_nano = 90000;
+    s.reference_cost_nano = 27000;
+    s.http_status = 200;
+    s.ttfb_us = 1500;
+    s.duration_us = 9000;
+    s.queue_us = 7;
+    snprintf(s.upstream_request_id, sizeof s.upstream_request_id, "chatcmpl-abc");
+    snprintf(s.price_version, sizeof s.price_version, "2026-11-01");
+    if (variant == 3) {   /* a mark between: not paired, each written as usual */
+        assert_int_equal(tg_ledger_mark_disconnected(lg, 1), TG_OK);
+        if (!together)
+            tg_ledger_flush(lg);
+    }
+    assert_int_equal(tg_ledger_settle(lg, 1, &s, record_ack, &a2), TG_OK);
+    if (together)
+        tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    assert_int_equal(a1.calls, 1);
+    assert_int_equal(a1.st, TG_OK);
+    assert_int_equal(a1.row_id, 1);
+    assert_int_equal(a2.calls, 1);
+    assert_int_equal(a2.st, TG_OK);
+    assert_int_equal(a2.row_id, 1);
+    /* a second settlement in the same way is refused, as for any terminal row */
+    struct ack a3 = {0};
+    assert_int_equal(tg_ledger_settle(lg, 1, &s, record_ack, &a3), TG_OK);
+    tg_ledger_flush(lg);
+    assert_int_equal(a3.st, TG_ERR_STATE);
+    uint64_t commits = tg_ledger_test_commits(lg) - c0;
+    tg_ledger_close(lg);
+    return commits;
+}
+
+/* A reserve and its settlement in the same batch are written as one insert of the settled
+ * row: the same row, chain and rollup as an insert and then an update. */
+static void test_settle_in_same_batch(void **state)
+{
+    struct fixture *f = *state;
+    char other[160];
+    snprintf(other, sizeof other, "%s/other.db", f->dir);
+    static const char skip[] = ",settled_ms,prev_hash,row_hash,";
+    for (int variant = 0; variant < 4; variant++) {
+        rm_ledger(f->path);
+        rm_ledger(other);
+        assert_int_equal(reserve_settle(f->path, true, variant), 2);   /* + the refusal */
+        assert_true(reserve_settle(other, false, variant) >= 3);
+        char a[4096], b[4096];
+        table_text(f->path, "requests", skip, a, sizeof a);
+        table_text(other, "requests", skip, b, sizeof b);
+        assert_string_equal(a, b);
+        assert_non_null(strstr(a, "status=billed|"));
+        assert_non_null(strstr(a, variant == 1 ? "provider=together|" : "provider=groq|"));
+        assert_non_null(strstr(a, "key_id=k1|"));
+        assert_non_null(strstr(a, "created_ms=1767225600000|"));
+        assert_non_null(strstr(a, variant >= 2 ? "client_disconnected=1|"
+                                               : "client_disconnected=0|"));
+        table_text(f->path, "bill_daily", "", a, sizeof a);
+        table_text(other, "bill_daily", "", b, sizeof b);
+        assert_string_equal(a, b);
+        assert_intact(f->path, 1);
+        assert_intact(other, 1);
+    }
+    rm_ledger(other);
+}
+
 static void test_chain_built(void **state)
 {
     struct fixture *f = *state;
@@ -1873,6 +2001,7 @@ int main(void)
         cmocka_unit_test(test_entry_init_and_names),
         cmocka_unit_test_setup_teardown(test_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserve_then_settle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_settle_in_same_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknowns_are_null, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unterminated_string_is_capped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_input, setup, teardown),
