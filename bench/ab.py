@@ -88,8 +88,10 @@ def stream1(port, seconds, key):
     return dict(x.split("=", 1) for x in m.group(1).split())
 
 
-def run_build(binary, work, mock_port, seconds, direct):
-    """One build's cells in this round. Returns {figure: value}."""
+def start_gateway(binary, work, mock_port, prefix=(), log_level="warn"):
+    """tollgate (binary, run under the command prefix if any) on a fresh ledger in work with
+    the bench catalog, the mock at mock_port as groq, and an API key. Returns (proc, port,
+    key); stop proc with harness.stop."""
     for f in os.listdir(work):
         if f.startswith("ledger.db"):
             os.unlink(os.path.join(work, f))
@@ -103,7 +105,7 @@ def run_build(binary, work, mock_port, seconds, direct):
             "providers": {"groq": {"model": "bench-echo-1", "input": "0.15", "output": "0.60",
                                    "context_length": 131072, "max_output": 4096}}}]}, f)
     with open(cfg, "w") as f:
-        json.dump({"listen": "127.0.0.1:0", "log_level": "warn", "catalog": "catalog.json",
+        json.dump({"listen": "127.0.0.1:0", "log_level": log_level, "catalog": "catalog.json",
                    "ledger": {"path": ledger, "synchronous": "normal"},
                    "routing": {"default_order": ["groq"]},
                    "providers": {"groq": {"base_url": f"http://127.0.0.1:{mock_port}/v1",
@@ -114,11 +116,21 @@ def run_build(binary, work, mock_port, seconds, direct):
     if os.path.exists(port_file):
         os.unlink(port_file)
     with open(os.path.join(work, "tollgate.log"), "a") as logf:
-        gw = subprocess.Popen([binary, "serve", "--config", cfg, "--listen", "127.0.0.1:0",
-                               "--port-file", port_file, "--ledger", ledger], cwd=work,
+        gw = subprocess.Popen(list(prefix) + [binary, "serve", "--config", cfg, "--listen",
+                                              "127.0.0.1:0", "--port-file", port_file,
+                                              "--ledger", ledger], cwd=work,
                               stdout=logf, stderr=logf)
     try:
-        port = wait_port_file(port_file, gw)
+        return gw, wait_port_file(port_file, gw, timeout=60), key
+    except BaseException:
+        stop(gw)
+        raise
+
+
+def run_build(binary, work, mock_port, seconds, direct):
+    """One build's cells in this round. Returns {figure: value}."""
+    gw, port, key = start_gateway(binary, work, mock_port)
+    try:
         wrk(port, 64, 1, key)   # warm-up: connection pools, page cache
         r = {}
         w = wrk(port, 1, seconds, key)

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""cost.py: what one request costs tollgate, counted rather than timed. This VM's timings drift
+by tens of percent between runs, and a change worth 5% is lost in that; counts are not:
+  syscalls  system calls per request by kind, and context switches: `perf stat` on the
+            syscall tracepoints of the gateway process for the whole of a wrk run, divided by
+            the requests wrk completed (64 connections, then 1)
+  CPU       the gateway's CPU time per request in the same runs (/proc: timed, so noisy)
+  instr     user-space instructions per request, every thread: the gateway under valgrind
+            (callgrind), its counters zeroed after a warm-up and dumped after N sequential
+            requests (callgrind_control), and the functions that take the most (inclusive)
+For one or more git refs (each built once into bench/build/ab-<sha>/, as ab.py does) or a
+binary (--binary PATH). Everything listens on 127.0.0.1; every process it starts is stopped by
+PID.
+
+  bench/cost.py REF [REF ...] [--seconds 5] [--requests 2000] [--no-instr] [--top 12]
+
+Needs perf (linux-perf) for the system calls and valgrind for the instructions; a part whose
+tool is missing is skipped with a note. The mock comes from bench/build (bench/run.sh)."""
+
+import argparse
+import glob
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
+from ab import BUILD, build, cpu_ticks, start_gateway, wrk  # noqa: E402
+from harness import stop, wait_port_file  # noqa: E402
+
+SYSCALLS = ["futex", "pwrite64", "epoll_ctl", "epoll_wait", "poll", "recvfrom", "sendto",
+            "sendmsg", "pread64", "fcntl", "write", "read"]
+BODY = json.dumps({"model": "bench/echo-1", "messages": [{"role": "user", "content": "Say hello"}],
+                   "max_tokens": 16})
+
+
+def log(msg):
+    print(f"[cost {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def syscalls(binary, work, mock_port, conns, seconds):
+    """{figure: per-request value} for one wrk run at conns connections."""
+    gw, port, key = start_gateway(binary, work, mock_port)
+    out = os.path.join(work, "perfstat.csv")
+    try:
+        wrk(port, 64, 1, key)   # warm-up: connection pools, page cache, the journal's files
+        events = ",".join([f"syscalls:sys_enter_{s}" for s in SYSCALLS] + ["context-switches"])
+        perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", str(gw.pid),
+                                 "-o", out], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(0.3)   # attached before the first request
+        t0 = cpu_ticks(gw.pid)
+        w = wrk(port, conns, seconds, key)
+        ticks = cpu_ticks(gw.pid) - t0
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=30)
+    finally:
+        stop(gw)
+    n = max(1, w["requests"])
+    r = {"req/s": w["requests"] / (w["duration_us"] / 1e6),
+         "CPU µs/req": ticks / os.sysconf("SC_CLK_TCK") * 1e6 / n}
+    with open(out) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) < 3 or not fields[0].replace(".", "").isdigit():
+                continue
+            name = fields[2].replace("syscalls:sys_enter_", "")
+            r[name] = float(fields[0]) / n
+    r["syscalls (listed)"] = sum(r.get(s, 0.0) for s in SYSCALLS)
+    return r
+
+
+def chat_requests(port, key, n):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(n):
+        c.request("POST", "/v1/chat/completions", BODY,
+                  {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+        resp = c.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status} under callgrind")
+    c.close()
+
+
+def instructions(binary, work, mock_port, requests, top):
+    """(Ir per request, [(Ir per request, function)]) for requests sequential requests."""
+    prefix = os.path.join(work, "cg.out")
+    for f in glob.glob(prefix + "*"):
+        os.unlink(f)
+    gw, port, key = start_gateway(binary, work, mock_port, prefix=[
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p",
+        "--dump-instr=no", "--collect-atstart=yes"])
+    try:
+        chat_requests(port, key, 200)   # warm-up
+        subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        chat_requests(port, key, requests)
+        subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        stop(gw)
+    dumps = sorted(f for f in glob.glob(prefix + ".*") if re.search(r"\.\d+\.\d+$", f))
+    if not dumps:
+        raise RuntimeError("callgrind wrote no dump")
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", dumps[0]],
+                         capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"^([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", ann, re.M)
+                .group(1).replace(",", ""))
+    funcs = []
+    for m in re.finditer(r"^\s*([\d,]+)\s+\([\d. ]+%\)\s+(\S+)", ann, re.M):
+        name = m.group(2)
+        if "PROGRAM" in name or "start_thread" in name or "clone" in name:
+            continue
+        name = name.split(":", 1)[-1]
+        if name.startswith("0x"):
+            continue   # a stripped library's internal function: no name to report
+        funcs.append((int(m.group(1).replace(",", "")) / requests, name))
+        if len(funcs) >= top:
+            break
+    return total / requests, funcs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("refs", nargs="*")
+    ap.add_argument("--binary", action="append", default=[],
+                    help="a tollgate binary to measure as it is (repeatable)")
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--no-instr", action="store_true")
+    args = ap.parse_args()
+    if not os.access(os.path.join(BUILD, "fast_mock"), os.X_OK):
+        sys.exit("cost: bench/build/fast_mock is missing: run bench/run.sh --quick once first")
+    builds = [build(r) for r in args.refs] + [(os.path.basename(os.path.dirname(b)) or b, b)
+                                              for b in args.binary]
+    if not builds:
+        sys.exit("cost: name at least one git ref or --binary")
+    have_perf = shutil.which("perf") is not None
+    have_vg = shutil.which("valgrind") and shutil.which("callgrind_control")
+    if not have_perf:
+        log("perf is missing (apt-get install linux-perf): no system call counts")
+    if not have_vg and not args.no_instr:
+        log("valgrind is missing: no instruction counts")
+    work = tempfile.mkdtemp(prefix="tg-cost-")
+    mock = None
+    table = {}      # figure -> {sha: value}
+    tops = {}
+    try:
+        mport_file = os.path.join(work, "mock.port")
+        mock = subprocess.Popen([os.path.join(BUILD, "fast_mock"), "--port", "0",
+                                 "--port-file", mport_file], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        mport = wait_port_file(mport_file, mock)
+        for sha, binary in builds:
+            if have_perf:
+                for conns in (64, 1):
+                    log(f"{sha}: system calls at {conns} connection(s)")
+                    for k, v in syscalls(binary, work, mport, conns, args.seconds).items():
+                        table.setdefault(f"{conns} conn: {k}", {})[sha] = v
+            if have_vg and not args.no_instr:
+                log(f"{sha}: instructions, {args.requests} requests under callgrind")
+                ir, funcs = instructions(binary, work, mport, args.requests, args.top)
+                table.setdefault("instructions per request (user space)", {})[sha] = ir
+                tops[sha] = funcs
+    finally:
+        if mock:
+            stop(mock)
+        shutil.rmtree(work, ignore_errors=True)
+    shas = [sha for sha, _ in builds]
+    print("| figure, per request | " + " | ".join(shas) + " |")
+    print("|---|" + "---|" * len(shas))
+    for fig, cells in table.items():
+        fmt = "{:,.0f}" if ("req/s" in fig or "instructions" in fig) else "{:,.2f}"
+        if "CPU" in fig:
+            fmt = "{:,.1f}"
+        print(f"| {fig} | " + " | ".join(fmt.format(cells[s]) if s in cells else "-"
+                                         for s in shas) + " |")
+    for sha in shas:
+        if sha in tops:
+            print(f"\n{sha}: instructions per request, inclusive, named functions")
+            for ir, name in tops[sha]:
+                print(f"  {ir:>10,.0f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
