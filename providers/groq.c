@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "json_util.h"
 #include "tollgate/config.h"
 #include "tollgate/error.h"
 #include "tollgate/provider.h"
@@ -22,7 +23,7 @@ static int groq_translate_chunk(const struct tg_provider_conf *pc, json_t **chun
     json_t *xg = json_object_get(*chunk, "x_groq");
     const char *rid = json_string_value(json_object_get(xg, "id"));
     if (rid && !st->upstream_id[0])
-        snprintf(st->upstream_id, sizeof st->upstream_id, "%s", rid);
+        tg_strlcpy(st->upstream_id, rid, sizeof st->upstream_id);
     json_t *xerr = json_object_get(xg, "error");
     if (xerr && !json_is_null(xerr)) {
         const char *msg = json_string_value(xerr);
@@ -40,7 +41,7 @@ static int groq_parse_response(const struct tg_provider_conf *pc, json_t **resp,
 {
     const char *rid = json_string_value(json_object_get(json_object_get(*resp, "x_groq"), "id"));
     if (rid && !upstream_id[0])
-        snprintf(upstream_id, idlen, "%s", rid);
+        tg_strlcpy(upstream_id, rid, idlen);
     return tg_oa_parse_response(pc, resp, model_out, usage, upstream_id, idlen);
 }
 

@@ -160,7 +160,7 @@ int tg_oa_parse_response(const struct tg_provider_conf *pc, json_t **resp, const
 
     const char *id = json_string_value(json_object_get(in, "id"));
     if (id && upstream_id && !upstream_id[0])
-        snprintf(upstream_id, idlen, "%s", id);
+        tg_strlcpy(upstream_id, id, idlen);
     json_t *created = json_object_get(in, "created");
 
     out = json_object();
@@ -258,12 +258,12 @@ int tg_oa_translate_chunk(const struct tg_provider_conf *pc, json_t **chunk,
     const char *id = json_string_value(json_object_get(in, "id"));
     if (!st->id[0]) {
         char idbuf[TG_ID_MAX];
-        snprintf(st->id, sizeof st->id, "%s", id && *id ? id : gen_id(idbuf, sizeof idbuf));
+        tg_strlcpy(st->id, id && *id ? id : gen_id(idbuf, sizeof idbuf), sizeof st->id);
         json_t *created = json_object_get(in, "created");
         st->created = json_is_integer(created) ? json_integer_value(created) : (int64_t)time(NULL);
     }
     if (id && !st->upstream_id[0])
-        snprintf(st->upstream_id, sizeof st->upstream_id, "%s", id);
+        tg_strlcpy(st->upstream_id, id, sizeof st->upstream_id);
 
     json_t *inchoices = json_object_get(in, "choices");
     if (!json_is_array(inchoices) || json_array_size(inchoices) == 0)
@@ -347,7 +347,7 @@ void tg_oa_on_header(const struct tg_provider_conf *pc, const char *name, const 
                      struct tg_upstream_meta *meta)
 {
     if (strcmp(name, "x-request-id") == 0 && !meta->request_id[0])
-        snprintf(meta->request_id, sizeof meta->request_id, "%s", value);
+        tg_strlcpy(meta->request_id, value, sizeof meta->request_id);
     if (strcmp(name, "retry-after") == 0) {
         char *end;
         long s = strtol(value, &end, 10);

@@ -44,7 +44,6 @@ static int build_attempt(struct tg_request *r)
 {
     const struct tg_candidate *c = &r->plan.c[r->cand];
     int rc = TG_ERR_NOMEM;
-    char *auth = NULL;
     bool inline_imgs = (c->pc->impl->flags & TG_PROV_INLINE_IMAGES) && r->client_json_inline;
     /* A shallow copy: the top-level keys are ours to change, the values (messages and all)
      * stay shared with the client's tree, which later attempts start from again. A long
@@ -70,37 +69,11 @@ static int build_attempt(struct tg_request *r)
         goto out;
     r->up_body_len = strlen(r->up_body);
 
-    free(r->up_url);
-    size_t ulen = strlen(c->pc->base_url) + sizeof "/chat/completions";
-    r->up_url = malloc(ulen);
-    if (!r->up_url)
-        goto out;
-    snprintf(r->up_url, ulen, "%s/chat/completions", c->pc->base_url);
-
-    tg_headers_free(r->up_headers);
-    r->up_headers = NULL;
-    struct curl_slist *h = NULL;
-    if (c->pc->api_key[0]) {
-        size_t alen = strlen(c->pc->api_key) + sizeof "Authorization: Bearer ";
-        auth = malloc(alen);
-        if (!auth)
-            goto out;
-        snprintf(auth, alen, "Authorization: Bearer %s", c->pc->api_key);
-        h = curl_slist_append(h, auth);
-    }
-    h = curl_slist_append(h, "Content-Type: application/json");
-    h = curl_slist_append(h, r->stream ? "Accept: text/event-stream" : "Accept: application/json");
-    h = curl_slist_append(h, "Expect:");   /* no 100-continue round trip */
-    h = curl_slist_append(h, "User-Agent: tollgate/0.1");
-    r->up_headers = h;
-    if (!h)
-        goto out;
+    /* the provider's, built once (config.c): borrowed for the attempt */
+    r->up_url = c->pc->chat_url;
+    r->up_headers = c->pc->chat_headers[r->stream ? 1 : 0];
     rc = TG_OK;
 out:
-    if (auth) {
-        memset(auth, 0, strlen(auth));
-        free(auth);
-    }
     json_decref(body);
     return rc;
 }
@@ -111,14 +84,14 @@ static void entry_for_attempt(struct tg_request *r)
     struct tg_ledger_entry *e = &r->le;
     e->attempt = r->attempts;
     e->status = TG_ROW_RESERVED;
-    snprintf(e->provider, sizeof e->provider, "%s", c->pc->name);
-    snprintf(e->model_canonical, sizeof e->model_canonical, "%s",
-             r->plan.model ? r->plan.model->id : "");
-    snprintf(e->model_upstream, sizeof e->model_upstream, "%s", c->upstream_model);
+    tg_strlcpy(e->provider, c->pc->name, sizeof e->provider);
+    tg_strlcpy(e->model_canonical, r->plan.model ? r->plan.model->id : "",
+               sizeof e->model_canonical);
+    tg_strlcpy(e->model_upstream, c->upstream_model, sizeof e->model_upstream);
     if (c->pc->price_override)
         snprintf(e->price_version, sizeof e->price_version, "config:%.32s", c->pc->name);
     else
-        snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
+        tg_strlcpy(e->price_version, r->cat->cat.version, sizeof e->price_version);
     e->reserved_nano = tg_chat_worst_cost(r, c);
 }
 
@@ -239,11 +212,11 @@ static void reject(struct tg_request *r)
     e->status = TG_ROW_REJECTED;
     e->http_status = r->error.http_status;
     const char *type = json_string_value(json_object_get(json_object_get(r->error.body, "error"), "type"));
-    snprintf(e->error_type, sizeof e->error_type, "%s", type ? type : "");
+    tg_strlcpy(e->error_type, type ? type : "", sizeof e->error_type);
     e->duration_us = tg_now_us() - r->t_start_us;
     e->cost_nano = 0;
     if (r->cat)
-        snprintf(e->price_version, sizeof e->price_version, "%s", r->cat->cat.version);
+        tg_strlcpy(e->price_version, r->cat->cat.version, sizeof e->price_version);
     if (tg_ledger_insert(r->gw->ledger, e, NULL, NULL) != TG_OK)
         tg_warn("request %s: ledger queue full, rejected request not recorded", r->request_id);
 }
@@ -253,7 +226,7 @@ int tg_chat_begin(struct tg_request *r)
     json_error_t jerr;
     r->t_start_us = tg_now_us();
     r->le.created_ms = tg_wall_ms();
-    snprintf(r->le.request_id, sizeof r->le.request_id, "%s", r->request_id);
+    tg_strlcpy(r->le.request_id, r->request_id, sizeof r->le.request_id);
 
     r->client_json = json_loadb(r->body.data ? r->body.data : "", r->body.len, 0, &jerr);
     tg_buf_free(&r->body);   /* the parsed tree is the request from here on */
@@ -266,7 +239,7 @@ int tg_chat_begin(struct tg_request *r)
     if (tg_chat_validate(r->client_json, &r->error) != TG_OK)
         goto sync_error;
     const char *model = json_string_value(json_object_get(r->client_json, "model"));
-    snprintf(r->le.model_requested, sizeof r->le.model_requested, "%s", model);
+    tg_strlcpy(r->le.model_requested, model, sizeof r->le.model_requested);
     r->stream = json_is_true(json_object_get(r->client_json, "stream"));
     r->want_usage = json_is_true(
         json_object_get(json_object_get(r->client_json, "stream_options"), "include_usage"));
@@ -737,7 +710,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         } else {
             chars = message_chars(resp);
             if (!r->meta.request_id[0])
-                snprintf(r->meta.request_id, sizeof r->meta.request_id, "%s", upid);
+                tg_strlcpy(r->meta.request_id, upid, sizeof r->meta.request_id);
             r->resp_json = resp;
         }
     }
@@ -761,7 +734,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
     e->http_status = r->resp_status;
     e->client_disconnected = cancelled;
     const char *uid = r->meta.request_id[0] ? r->meta.request_id : r->st.upstream_id;
-    snprintf(e->upstream_request_id, sizeof e->upstream_request_id, "%s", uid);
+    tg_strlcpy(e->upstream_request_id, uid, sizeof e->upstream_request_id);
     if (fault != TG_FAULT_NONE) {
         const char *type = json_string_value(
             json_object_get(json_object_get(r->error.body, "error"), "type"));

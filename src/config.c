@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 
 #include "json_util.h"
@@ -93,6 +94,58 @@ static int get_long(json_t *obj, const char *key, long def, long min, long max, 
 }
 
 /* "host:port"; IPv6 as "[::1]:8080". */
+/* Free a header list, wiping each header first (one holds the provider's key). */
+static void headers_free(struct curl_slist *h)
+{
+    for (struct curl_slist *x = h; x; x = x->next)
+        if (x->data)
+            memset(x->data, 0, strlen(x->data));
+    curl_slist_free_all(h);
+}
+
+/* pc->chat_url and pc->chat_headers from its base_url and api_key: built here once rather
+ * than for every attempt (an allocation, a format and five list nodes each). */
+static int upstream_request_parts(struct tg_provider_conf *pc)
+{
+    size_t ulen = strlen(pc->base_url) + sizeof "/chat/completions";
+    pc->chat_url = malloc(ulen);
+    if (!pc->chat_url)
+        return TG_ERR_NOMEM;
+    snprintf(pc->chat_url, ulen, "%s/chat/completions", pc->base_url);
+    char *auth = NULL;
+    if (pc->api_key[0]) {
+        size_t alen = strlen(pc->api_key) + sizeof "Authorization: Bearer ";
+        if (!(auth = malloc(alen)))
+            return TG_ERR_NOMEM;
+        snprintf(auth, alen, "Authorization: Bearer %s", pc->api_key);
+    }
+    int rc = TG_OK;
+    for (int k = 0; k < 2 && rc == TG_OK; k++) {
+        struct curl_slist *h = NULL, *t = NULL;
+        const char *lines[] = {auth, "Content-Type: application/json",
+                               k ? "Accept: text/event-stream" : "Accept: application/json",
+                               "Expect:",   /* no 100-continue round trip */
+                               "User-Agent: tollgate/0.1"};
+        for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+            if (!lines[i])
+                continue;
+            if (!(t = curl_slist_append(h, lines[i]))) {
+                headers_free(h);
+                h = NULL;
+                rc = TG_ERR_NOMEM;
+                break;
+            }
+            h = t;
+        }
+        pc->chat_headers[k] = h;
+    }
+    if (auth) {
+        memset(auth, 0, strlen(auth));
+        free(auth);
+    }
+    return rc;
+}
+
 int tg_config_set_listen(struct tg_config *cfg, const char *s, char *err, size_t errlen)
 {
     const char *colon = strrchr(s, ':');
@@ -282,6 +335,9 @@ static int parse_provider(struct tg_provider_conf *pc, const char *name, json_t 
     if (ref && end)
         snprintf(pc->key_env, sizeof pc->key_env, "%.*s", (int)(end - ref - 2), ref + 2);
     pc->usable = pc->api_key[0] != '\0' || !(pc->impl->flags & TG_PROV_NEEDS_KEY);
+    if ((rc = upstream_request_parts(pc)) != TG_OK)
+        goto out;
+    rc = TG_ERR_PARSE;
 
     if ((rc = get_long(obj, "connect_timeout_ms", 5000, 1, 600000, &pc->connect_timeout_ms,
                        where, err, errlen)))
@@ -520,6 +576,9 @@ int tg_config_load(struct tg_config *cfg, const char *path, char *err, size_t er
 void tg_config_cleanup(struct tg_config *cfg)
 {
     for (size_t i = 0; i < cfg->n_providers; i++) {
+        free(cfg->providers[i].chat_url);
+        for (int k = 0; k < 2; k++)
+            headers_free(cfg->providers[i].chat_headers[k]);
         free(cfg->providers[i].base_url);
         free(cfg->providers[i].worker.health_url);
         for (char **a = cfg->providers[i].worker.command; a && *a; a++)

@@ -253,7 +253,8 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->up_body_len);
     curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
     curl_easy_setopt(h, CURLOPT_PREREQDATA, r);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, r->up_headers);
+    /* libcurl only reads the list (its type is not const) */
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, (struct curl_slist *)r->up_headers);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);

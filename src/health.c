@@ -84,9 +84,14 @@ static uint64_t hash(const char *s)
  * h->mu held. */
 static struct entry *find(struct tg_health *h, const char *provider, const char *model, bool create)
 {
+    /* "provider\nmodel", built by hand: this runs a few times per request */
     char key[sizeof h->tab[0].key];
-    if (snprintf(key, sizeof key, "%s\n%s", provider, model) >= (int)sizeof key)
+    size_t pn = strlen(provider), mn = strlen(model);
+    if (pn + 1 + mn >= sizeof key)
         return NULL;
+    memcpy(key, provider, pn);
+    key[pn] = '\n';
+    memcpy(key + pn + 1, model, mn + 1);
     uint64_t i = hash(key) % TG_HEALTH_MAX_ENTRIES;
     for (unsigned probe = 0; probe < TG_HEALTH_MAX_ENTRIES; probe++) {
         struct entry *e = &h->tab[(i + probe) % TG_HEALTH_MAX_ENTRIES];

@@ -62,6 +62,13 @@ out:
     return rc;
 }
 
+void tg_strlcpy(char *dst, const char *src, size_t cap)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 int tg_strlcpy_checked(char *dst, const char *src, size_t cap)
 {
     size_t n = strlen(src);

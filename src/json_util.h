@@ -20,6 +20,11 @@ int tg_strlcpy_checked(char *dst, const char *src, size_t cap) TG_WUR;
  * read as a string instead of failing the whole document. Returns new or NULL. */
 json_t *tg_json_loadb_lenient(const char *buf, size_t len);
 
+/* Copy src into dst of cap bytes (cap > 0), truncated to cap - 1 bytes and always
+ * NUL-terminated: snprintf(dst, cap, "%s", src) without the format parsing (a dozen of those
+ * ran on every request). */
+void tg_strlcpy(char *dst, const char *src, size_t cap);
+
 /* printf into a caller's error buffer; err may be NULL or errlen 0 (then nothing). */
 void tg_set_err(char *err, size_t errlen, const char *fmt, ...) TG_PRINTF(3, 4);
 

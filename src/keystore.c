@@ -204,8 +204,8 @@ void tg_keystore_scopes(struct tg_keystore *ks, struct tg_key_state *k, char *pr
                         size_t plen, char *models, size_t mlen)
 {
     pthread_mutex_lock(&ks->mu);
-    snprintf(providers, plen, "%s", k->rec.providers);
-    snprintf(models, mlen, "%s", k->rec.models);
+    tg_strlcpy(providers, k->rec.providers, plen);
+    tg_strlcpy(models, k->rec.models, mlen);
     pthread_mutex_unlock(&ks->mu);
 }
 

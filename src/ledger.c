@@ -215,24 +215,28 @@ static void fail_all(struct op *batch)
  * row (the same row, chain link and rollup as an insert then an update, for one statement
  * instead of two). With the journal's gathering, a short request's reserve and settle
  * usually share a batch. */
-static void pair_settlements(struct op *batch)
+static void pair_settlements(struct op *batch, unsigned n)
 {
     struct {
         int64_t id;
         struct op *ins;   /* NULL: the row was touched since; not pairable */
     } tab[PAIR_SLOTS];
-    memset(tab, 0, sizeof tab);
+    /* at most half full: a power of two at least twice the batch (cleared: only that) */
+    size_t slots = 16;
+    while (slots < 2 * (size_t)n && slots < PAIR_SLOTS)
+        slots *= 2;
+    memset(tab, 0, slots * sizeof tab[0]);
     unsigned used = 0;
     for (struct op *op = batch; op; op = op->next) {
         op->pair = NULL;
         op->merged = false;
         if (op->row_id <= 0)
             continue;
-        size_t i = (size_t)op->row_id & (PAIR_SLOTS - 1);
+        size_t i = (size_t)op->row_id & (slots - 1);
         while (tab[i].id != 0 && tab[i].id != op->row_id)
-            i = (i + 1) & (PAIR_SLOTS - 1);
+            i = (i + 1) & (slots - 1);
         if (op->kind == OP_INSERT) {
-            if (op->e.status == TG_ROW_RESERVED && tab[i].id == 0 && used < PAIR_SLOTS / 2) {
+            if (op->e.status == TG_ROW_RESERVED && tab[i].id == 0 && used < slots / 2) {
                 tab[i].id = op->row_id;
                 tab[i].ins = op;
                 used++;
@@ -251,9 +255,10 @@ static void pair_settlements(struct op *batch)
  * that op fared. */
 static bool write_batch(struct tg_ledger *lg, struct op *batch)
 {
-    for (struct op *op = batch; op; op = op->next)
+    unsigned n = 0;
+    for (struct op *op = batch; op; op = op->next, n++)
         op->st = TG_OK;
-    pair_settlements(batch);
+    pair_settlements(batch, n);
     if (tg_store_begin(&lg->store) != TG_OK) {
         fail_all(batch);
         return false;

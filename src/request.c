@@ -54,14 +54,6 @@ void tg_buf_free(struct tg_buf *b)
     b->len = b->cap = 0;
 }
 
-void tg_headers_free(struct curl_slist *h)
-{
-    for (struct curl_slist *i = h; i; i = i->next)
-        if (i->data)
-            memset(i->data, 0, strlen(i->data));
-    curl_slist_free_all(h);
-}
-
 struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *conn)
 {
     struct tg_request *r = calloc(1, sizeof *r);
@@ -111,8 +103,6 @@ void tg_request_unref(struct tg_request *r)
     json_decref(r->resp_json);
     tg_error_cleanup(&r->error);
     free(r->up_body);
-    free(r->up_url);
-    tg_headers_free(r->up_headers);
     tg_sse_cleanup(&r->sse);
     tg_stream_state_cleanup(&r->st);
     pthread_mutex_destroy(&r->mu);

@@ -91,7 +91,7 @@ struct tg_request {
 
     /* --- engine side only, during an attempt --- */
     CURL *easy;
-    struct curl_slist *up_headers;
+    const struct curl_slist *up_headers;   /* the provider's (borrowed from the config) */
     long up_status;
     bool up_is_sse;
     struct tg_buf up_resp;         /* non-streaming or error body */
@@ -106,7 +106,7 @@ struct tg_request {
     long long t_alive_check_us;    /* last client liveness peek */
     bool paused;                   /* upstream paused by back-pressure */
     struct tg_request *eng_prev, *eng_next;   /* the engine's list of running transfers */
-    char *up_url;                  /* owned */
+    const char *up_url;            /* the provider's (borrowed from the config) */
 
     /* --- shared; guarded by mu --- */
     pthread_mutex_t mu;
@@ -137,9 +137,6 @@ struct tg_request {
     struct tg_ledger_entry le;
     int64_t row_id;
 };
-
-/* Free an upstream header list, wiping its contents first (it carries a provider key). */
-void tg_headers_free(struct curl_slist *h);
 
 /* Returns new with one reference (the HTTP layer's). */
 struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *conn);

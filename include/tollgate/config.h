@@ -24,6 +24,8 @@ struct tg_worker_conf {
 };
 
 /* One configured upstream. name is the config key ("groq"); impl the adapter it uses. */
+struct curl_slist;
+
 struct tg_provider_conf {
     char name[TG_NAME_MAX];
     const struct tg_provider *impl;   /* static adapter descriptor (borrowed, never freed) */
@@ -46,6 +48,12 @@ struct tg_provider_conf {
     int64_t price_per_second_nano;    /* worker time, added to the token price */
     char savings_provider[TG_NAME_MAX];      /* cloud reference for savings; "" = cheapest */
     char savings_model[TG_MODEL_MAX];
+    /* Built once at parse for every attempt to share (read-only, freed with the config):
+     * base_url + "/chat/completions", and the upstream request headers (the key's
+     * Authorization, Content-Type, Accept, no Expect, User-Agent), [0] for a plain request
+     * and [1] for a stream. */
+    char *chat_url;
+    struct curl_slist *chat_headers[2];
 };
 
 struct tg_config {

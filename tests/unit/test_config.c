@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "tollgate/config.h"
 #include "tollgate/provider.h"
 
@@ -242,6 +244,38 @@ static void test_key_from_env(void **state)
     assert_true(pc->usable);
     /* expanded, trailing slash dropped */
     assert_string_equal(pc->base_url, "https://gw.example/openai/v1");
+    tg_config_cleanup(&cfg);
+}
+
+/* The upstream URL and headers every attempt shares, built once at parse: the key in the
+ * Authorization header, the Accept for each kind of request, no header for a missing key. */
+static void test_upstream_request_parts(void **state)
+{
+    setenv("TG_TEST_KEY", "sk-secret", 1);
+    struct tg_config cfg;
+    parse_ok(&cfg,
+             "{\"providers\": {\"groq\": {\"api_key\": \"${TG_TEST_KEY}\","
+             " \"base_url\": \"http://127.0.0.1:9/v1/\"},"
+             " \"together\": {\"api_key\": \"\", \"base_url\": \"http://127.0.0.1:8/v1\"}}}",
+             NULL);
+    const struct tg_provider_conf *pc = must_provider(&cfg, "groq");
+    assert_string_equal(pc->chat_url, "http://127.0.0.1:9/v1/chat/completions");
+    for (int k = 0; k < 2; k++) {
+        char all[512] = "";
+        for (const struct curl_slist *h = pc->chat_headers[k]; h; h = h->next) {
+            strncat(all, h->data, sizeof all - strlen(all) - 2);
+            strcat(all, "|");
+        }
+        assert_string_equal(all, k ? "Authorization: Bearer sk-secret|Content-Type: "
+                                     "application/json|Accept: text/event-stream|Expect:|"
+                                     "User-Agent: tollgate/0.1|"
+                                   : "Authorization: Bearer sk-secret|Content-Type: "
+                                     "application/json|Accept: application/json|Expect:|"
+                                     "User-Agent: tollgate/0.1|");
+    }
+    pc = must_provider(&cfg, "together");
+    assert_string_equal(pc->chat_url, "http://127.0.0.1:8/v1/chat/completions");
+    assert_string_equal(pc->chat_headers[0]->data, "Content-Type: application/json");
     tg_config_cleanup(&cfg);
 }
 
@@ -583,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_example_loads),
         cmocka_unit_test(test_expand_env),
         cmocka_unit_test(test_key_from_env),
+        cmocka_unit_test(test_upstream_request_parts),
         cmocka_unit_test(test_missing_key_makes_provider_unusable),
         cmocka_unit_test(test_key_env_names_variable_when_set),
         cmocka_unit_test(test_defaults),
