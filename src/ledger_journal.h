@@ -17,7 +17,7 @@
 
 #include "tollgate/ledger.h"
 
-#define TG_JOURNAL_ROTATE_BYTES (8u << 20)
+#define TG_JOURNAL_ROTATE_BYTES (1u << 20)
 
 enum tg_journal_kind { TG_JOURNAL_INSERT = 1, TG_JOURNAL_SETTLE, TG_JOURNAL_MARK };
 

@@ -1883,6 +1883,73 @@ static void test_journal_replay(void **state)
 
 /* A second open of a ledger in use fails clearly (it would empty the first one's journal
  * and sweep its rows in flight); once the first is closed, it opens. */
+/* Appends across both journal files and past the active one's mapping (the writer held, so
+ * the retired file cannot be emptied and the second file grows with pwrite), then a crash:
+ * the next open replays both files, older first, and every acknowledged operation lands. */
+static void test_journal_rotation(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 5000 };   /* 10,000 records of ~280 bytes, ~2.8 MB: past 1 MiB twice */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
+        if (!lg)
+            _exit(3);
+        tg_ledger_test_pause(lg, true);
+        for (int i = 0; i < N; i++) {
+            struct tg_ledger_entry e;
+            struct ack a = {0}, b = {0};
+            char id[32];
+            snprintf(id, sizeof id, "rot-%d", i);
+            entry(&e, id);
+            if (tg_ledger_insert_eager(lg, &e, record_ack, &a) != TG_OK || a.st != TG_OK)
+                _exit(4);
+            e.status = TG_ROW_BILLED;
+            e.prompt_tokens = i;
+            e.completion_tokens = 1;
+            e.cost_nano = 100 + i;
+            e.http_status = 200;
+            if (tg_ledger_settle_eager(lg, a.row_id, &e, record_ack, &b) != TG_OK ||
+                b.st != TG_OK)
+                _exit(5);
+        }
+        _exit(0);   /* nothing reached SQLite: all of it is in the two journal files */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    for (int i = 0; i < 2; i++) {   /* both files hold records... */
+        char jpath[160];
+        snprintf(jpath, sizeof jpath, "%s-tgj%d", f->path, i);
+        FILE *fp = fopen(jpath, "rb");
+        assert_non_null(fp);
+        char magic[4] = {0};
+        assert_int_equal(fseek(fp, 16, SEEK_SET), 0);
+        assert_int_equal(fread(magic, 1, 4, fp), 4);
+        assert_memory_equal(magic, "TGJ1", 4);
+        /* ...and the second grew past its 1.25 MiB mapping, with writes */
+        assert_int_equal(fseek(fp, 0, SEEK_END), 0);
+        if (i == 1)
+            assert_true(ftell(fp) > (1 << 20) + (256 << 10));
+        fclose(fp);
+    }
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 0);
+    tg_ledger_close(lg);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE status = 'billed'"), N);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), N);
+    assert_int_equal(q_int(db, "SELECT sum(cost_nano) FROM requests"),
+                     (int64_t)N * 100 + (int64_t)N * (N - 1) / 2);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE request_id = 'rot-' ||"
+                               " prompt_tokens"), N);
+    sqlite3_close(db);
+    assert_intact(f->path, N);
+}
+
 static void test_one_daemon_per_file(void **state)
 {
     struct fixture *f = *state;
@@ -2045,6 +2112,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reference_cost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_journal_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_daemon_per_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_write_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
