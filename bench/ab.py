@@ -88,6 +88,18 @@ def stream1(port, seconds, key):
     return dict(x.split("=", 1) for x in m.group(1).split())
 
 
+def start_mock(work):
+    """bench/build/fast_mock on a free loopback port. Returns (proc, port)."""
+    port_file = os.path.join(work, "mock.port")
+    mock = subprocess.Popen([os.path.join(BUILD, "fast_mock"), "--port", "0", "--port-file",
+                             port_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return mock, wait_port_file(port_file, mock)
+    except BaseException:
+        stop(mock)
+        raise
+
+
 def start_gateway(binary, work, mock_port, prefix=(), log_level="warn"):
     """tollgate (binary, run under the command prefix if any) on a fresh ledger in work with
     the bench catalog, the mock at mock_port as groq, and an API key. Returns (proc, port,
@@ -165,11 +177,7 @@ def main():
     mock = None
     results = {sha: [] for sha, _ in builds}
     try:
-        mport_file = os.path.join(work, "mock.port")
-        mock = subprocess.Popen([os.path.join(BUILD, "fast_mock"), "--port", "0",
-                                 "--port-file", mport_file], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        mport = wait_port_file(mport_file, mock)
+        mock, mport = start_mock(work)
         for rnd in range(args.rounds):
             direct = wrk(mport, 1, args.seconds)
             order = builds if rnd % 2 == 0 else builds[::-1]

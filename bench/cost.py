@@ -32,8 +32,8 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
-from ab import BUILD, build, cpu_ticks, start_gateway, wrk  # noqa: E402
-from harness import stop, wait_port_file  # noqa: E402
+from ab import BUILD, build, cpu_ticks, start_gateway, start_mock, wrk  # noqa: E402
+from harness import stop  # noqa: E402
 
 SYSCALLS = ["futex", "pwrite64", "epoll_ctl", "epoll_wait", "poll", "recvfrom", "sendto",
             "sendmsg", "pread64", "fcntl", "write", "read"]
@@ -155,11 +155,7 @@ def main():
     table = {}      # figure -> {sha: value}
     tops = {}
     try:
-        mport_file = os.path.join(work, "mock.port")
-        mock = subprocess.Popen([os.path.join(BUILD, "fast_mock"), "--port", "0",
-                                 "--port-file", mport_file], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        mport = wait_port_file(mport_file, mock)
+        mock, mport = start_mock(work)
         for sha, binary in builds:
             if have_perf:
                 for conns in (64, 1):

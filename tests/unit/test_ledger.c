@@ -97,6 +97,29 @@ static void entry(struct tg_ledger_entry *e, const char *request_id)
     e->created_ms = 1767225600000;
 }
 
+/* A billed settlement of request_id with the final figures, its key and provider left ""
+ * (which keeps the reservation's). */
+static void settlement(struct tg_ledger_entry *s, const char *request_id)
+{
+    entry(s, request_id);
+    s->provider[0] = '\0';
+    s->key_id[0] = '\0';
+    s->status = TG_ROW_BILLED;
+    s->usage_source = TG_USAGE_REPORTED;
+    s->prompt_tokens = 10;
+    s->completion_tokens = 20;
+    s->cached_tokens = 0;
+    s->cost_nano = 13500;
+    s->reserved_nano = 90000;
+    s->reference_cost_nano = 27000;
+    s->http_status = 200;
+    s->ttfb_us = 1500;
+    s->duration_us = 9000;
+    s->queue_us = 0;
+    snprintf(s->upstream_request_id, sizeof s->upstream_request_id, "chatcmpl-abc");
+    snprintf(s->price_version, sizeof s->price_version, "2026-11-01");
+}
+
 static sqlite3 *reader(const char *path)
 {
     sqlite3 *db = NULL;
@@ -265,24 +288,8 @@ static void test_reserve_then_settle(void **state)
 
     /* Settle with the final values; identity fields left empty keep their reserved value. */
     struct tg_ledger_entry s;
-    entry(&s, "req-1");
-    s.provider[0] = '\0';
-    s.key_id[0] = '\0';
-    s.status = TG_ROW_BILLED;
-    s.usage_source = TG_USAGE_REPORTED;
-    s.prompt_tokens = 10;
-    s.completion_tokens = 20;
-    s.cached_tokens = 0;
-    s.cost_nano = 13500;
-    s.reserved_nano = 90000;
-    s.reference_cost_nano = 27000;
-    s.http_status = 200;
-    s.ttfb_us = 1500;
-    s.duration_us = 9000;
-    s.queue_us = 0;
+    settlement(&s, "req-1");
     s.streamed = true;
-    snprintf(s.upstream_request_id, sizeof s.upstream_request_id, "chatcmpl-abc");
-    snprintf(s.price_version, sizeof s.price_version, "2026-11-01");
     struct ack a2 = {0};
     assert_int_equal(tg_ledger_settle(lg, a1.row_id, &s, record_ack, &a2), TG_OK);
     tg_ledger_flush(lg);
@@ -1026,28 +1033,13 @@ static uint64_t reserve_settle(const char *path, bool together, int variant)
     assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &a1), TG_OK);
     if (!together)
         tg_ledger_flush(lg);
-    entry(&s, "req-batch");
+    settlement(&s, "req-batch");
     s.attempt = 2;
     s.created_ms = e.created_ms + 5000;   /* never replaces the reservation's */
-    s.key_id[0] = '\0';                   /* "" keeps the reserved identity */
     if (variant == 1)
         snprintf(s.provider, sizeof s.provider, "together");   /* a changed identity */
-    else
-        s.provider[0] = '\0';
-    s.status = TG_ROW_BILLED;
-    s.usage_source = TG_USAGE_REPORTED;
-    s.prompt_tokens = 10;
-    s.completion_tokens = 20;
     s.cached_tokens = 3;
-    s.cost_nano = 13500;
-    s.reserved_nano = 90000;
-    s.reference_cost_nano = 27000;
-    s.http_status = 200;
-    s.ttfb_us = 1500;
-    s.duration_us = 9000;
     s.queue_us = 7;
-    snprintf(s.upstream_request_id, sizeof s.upstream_request_id, "chatcmpl-abc");
-    snprintf(s.price_version, sizeof s.price_version, "2026-11-01");
     if (variant == 3) {   /* a mark between: not paired, each written as usual */
         assert_int_equal(tg_ledger_mark_disconnected(lg, 1), TG_OK);
         if (!together)
