@@ -93,7 +93,6 @@ static int get_long(json_t *obj, const char *key, long def, long min, long max, 
     return TG_OK;
 }
 
-/* "host:port"; IPv6 as "[::1]:8080". */
 /* Free a header list, wiping each header first (one holds the provider's key). */
 static void headers_free(struct curl_slist *h)
 {
@@ -146,6 +145,7 @@ static int upstream_request_parts(struct tg_provider_conf *pc)
     return rc;
 }
 
+/* "host:port"; IPv6 as "[::1]:8080". */
 int tg_config_set_listen(struct tg_config *cfg, const char *s, char *err, size_t errlen)
 {
     const char *colon = strrchr(s, ':');

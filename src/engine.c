@@ -375,7 +375,6 @@ static int run_delayed(struct tg_engine *e)
     return ms < 1000 ? (int)ms : 1000;
 }
 
-/* libcurl: watch (or stop watching) socket s. */
 /* The watch entry of socket s, the table grown to hold it if grow; NULL if s is out of
  * range (or memory ran out). */
 static uint8_t *watch_of(struct tg_engine *e, curl_socket_t s, bool grow)
