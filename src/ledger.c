@@ -341,9 +341,10 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
         lg->spare = op;
         lg->nspare++;
     }
+    int recycle = -1;   /* a retired journal file to empty, outside mu */
     for (int i = 0; i < 2; i++)
-        if (applied[i])
-            tg_journal_applied(lg->journal, i, applied[i]);
+        if (applied[i] && tg_journal_applied(lg->journal, i, applied[i]))
+            recycle = i;
     if (committed)
         lg->commits++;
     lg->pending -= n - nretry;
@@ -361,6 +362,12 @@ static void run_batch(struct tg_ledger *lg, struct op *batch, unsigned n, uint64
     pthread_cond_broadcast(&lg->done);
     pthread_mutex_unlock(&lg->mu);
     free_ops(spent);
+    if (recycle >= 0) {
+        int st = tg_journal_recycle(lg->journal, recycle);
+        pthread_mutex_lock(&lg->mu);
+        tg_journal_recycled(lg->journal, recycle, st);
+        pthread_mutex_unlock(&lg->mu);
+    }
 }
 
 /* Whether the writer should write what is queued now rather than let it gather. mu held. */

@@ -48,6 +48,7 @@ struct tg_journal {
      * are. NULL until the file's first append, and again once it is emptied. */
     unsigned char *map[2];
     bool map_failed[2];      /* no preallocation for this file's generation: pwrite */
+    bool recycling[2];       /* retired and applied, being emptied: not rotated to yet */
     bool sync_full;
     /* SHA-256 fetched once and one context reused (appends are serialized by the ledger's
      * mutex): OpenSSL 3's one-shot SHA256() fetches the algorithm on every call, which
@@ -418,7 +419,7 @@ out:
 }
 
 /* Make slot i the active file: empty, with a new generation's header. A file the writer has
- * emptied and mapped again (tg_journal_applied) is all zeros: the header goes straight into
+ * emptied and mapped again (tg_journal_recycle) is all zeros: the header goes straight into
  * its mapping. */
 static int start_file(struct tg_journal *j, int i, uint64_t gen)
 {
@@ -462,7 +463,7 @@ int tg_journal_append(struct tg_journal *j, enum tg_journal_kind kind, int64_t r
     int other = 1 - j->active;
     /* rotate: the other file is empty (its records all applied) */
     if (j->len[j->active] >= (int64_t)TG_JOURNAL_ROTATE_BYTES && j->len[other] == 0 &&
-        j->pending[other] == 0 &&
+        j->pending[other] == 0 && !j->recycling[other] &&
         start_file(j, other, j->gen[j->active] + 1) != TG_OK)
         tg_warn("ledger: cannot start the journal %s: %s; appending to %s", j->path[other],
                 strerror(errno), j->path[j->active]);
@@ -494,21 +495,34 @@ int tg_journal_append(struct tg_journal *j, enum tg_journal_kind kind, int64_t r
     return TG_OK;
 }
 
-void tg_journal_applied(struct tg_journal *j, int slot, unsigned n)
+bool tg_journal_applied(struct tg_journal *j, int slot, unsigned n)
 {
     j->pending[slot] = j->pending[slot] > n ? j->pending[slot] - n : 0;
-    if (slot == j->active || j->pending[slot] > 0 || j->len[slot] == 0)
-        return;
-    /* a retired file whose every record is in SQLite: empty it for the next rotation */
+    if (slot == j->active || j->pending[slot] > 0 || j->len[slot] == 0 || j->recycling[slot])
+        return false;
+    j->recycling[slot] = true;   /* a retired file whose every record is in SQLite */
+    return true;
+}
+
+int tg_journal_recycle(struct tg_journal *j, int slot)
+{
+    /* empty it for the next rotation (which also discards its old records), and make its
+     * preallocation here rather than in the request whose append rotates */
     if (empty_file(j, slot) != TG_OK) {
         tg_warn("ledger: cannot empty the journal %s: %s", j->path[slot], strerror(errno));
-        return;
+        return TG_ERR_IO;
     }
+    mapped(j, slot);
+    return TG_OK;
+}
+
+void tg_journal_recycled(struct tg_journal *j, int slot, int st)
+{
+    j->recycling[slot] = false;
+    if (st != TG_OK)
+        return;   /* left as it was: the active file keeps growing instead */
     j->len[slot] = 0;
     j->gen[slot] = 0;
-    /* ready for the next rotation: its preallocation is made here, on the writer's thread,
-     * not by the request whose append rotates */
-    mapped(j, slot);
 }
 
 bool tg_ledger_journal_unreplayed(const char *db_path)

@@ -58,9 +58,17 @@ int tg_journal_reset(struct tg_journal *j) TG_WUR;
 int tg_journal_append(struct tg_journal *j, enum tg_journal_kind kind, int64_t row_id,
                       int64_t settled_ms, const struct tg_ledger_entry *e, int *slot) TG_WUR;
 
-/* n records appended to slot are now in SQLite (committed) or never will be: when the
- * last record of a retired file is, the file is emptied for reuse. */
-void tg_journal_applied(struct tg_journal *j, int slot, unsigned n);
+/* n records appended to slot are now in SQLite (committed) or never will be. Returns true
+ * when that was the last record of a retired file: the caller then empties it for reuse with
+ * tg_journal_recycle, without the ledger's mutex (unmapping, truncating and preallocating a
+ * file took ~0.7 ms here, which the event loops would otherwise wait out on the mutex), and
+ * reports the outcome with tg_journal_recycled, with the mutex again. Until then the file
+ * is not rotated to. */
+bool tg_journal_applied(struct tg_journal *j, int slot, unsigned n) TG_WUR;
+/* Empty and preallocate slot (which tg_journal_applied handed over): touches only that
+ * file and its mapping, so it runs without the mutex. TG_OK or TG_ERR_IO (logged). */
+int tg_journal_recycle(struct tg_journal *j, int slot) TG_WUR;
+void tg_journal_recycled(struct tg_journal *j, int slot, int st);
 
 /* At open (src/ledger_recover.c), in one transaction on st: every record of j (may be NULL)
  * that SQLite does not hold yet, then the sweep of rows left reserved; once committed, j is

@@ -1942,6 +1942,74 @@ static void test_journal_rotation(void **state)
     assert_intact(f->path, N);
 }
 
+/* With the writer running, the two journal files take turns (each retired file is emptied
+ * and preallocated again by the writer, outside the ledger's mutex); then a crash with the
+ * writer held: the next open finds every acknowledged operation, none twice. */
+static void test_journal_recycling(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 6000, TAIL = 100 };   /* ~3.4 MB of records: files reused at least twice */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
+        if (!lg)
+            _exit(3);
+        for (int i = 0; i < N + TAIL; i++) {
+            if (i == N)
+                tg_ledger_test_pause(lg, true);   /* the rest only in the journal */
+            else if (i % 500 == 499)
+                tg_ledger_flush(lg);   /* let the writer retire and recycle files */
+            struct tg_ledger_entry e;
+            struct ack a = {0}, b = {0};
+            char id[32];
+            snprintf(id, sizeof id, "cyc-%d", i);
+            entry(&e, id);
+            if (tg_ledger_insert_eager(lg, &e, record_ack, &a) != TG_OK || a.st != TG_OK)
+                _exit(4);
+            e.status = TG_ROW_BILLED;
+            e.prompt_tokens = i;
+            e.cost_nano = 1;
+            if (tg_ledger_settle_eager(lg, a.row_id, &e, record_ack, &b) != TG_OK ||
+                b.st != TG_OK)
+                _exit(5);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    uint64_t max_gen = 0;   /* each rotation starts a file with the next generation */
+    for (int i = 0; i < 2; i++) {
+        char jpath[160];
+        snprintf(jpath, sizeof jpath, "%s-tgj%d", f->path, i);
+        FILE *fp = fopen(jpath, "rb");
+        assert_non_null(fp);
+        unsigned char head[16] = {0};
+        if (fread(head, 1, sizeof head, fp) == sizeof head) {
+            uint64_t gen;
+            memcpy(&gen, head + 8, sizeof gen);
+            if (gen > max_gen)
+                max_gen = gen;
+        }
+        fclose(fp);
+    }
+    assert_true(max_gen >= 4);
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_interrupted_at_open(lg), 0);
+    tg_ledger_close(lg);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests WHERE status = 'billed'"),
+                     N + TAIL);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), N + TAIL);
+    assert_int_equal(q_int(db, "SELECT count(DISTINCT request_id) FROM requests"), N + TAIL);
+    assert_int_equal(q_int(db, "SELECT sum(requests) FROM bill_daily"), N + TAIL);
+    sqlite3_close(db);
+    assert_intact(f->path, N + TAIL);
+}
+
 static void test_one_daemon_per_file(void **state)
 {
     struct fixture *f = *state;
@@ -2105,6 +2173,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_op_keeps_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_journal_recycling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_daemon_per_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_write_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_verify, setup, teardown),
