@@ -12,7 +12,8 @@ For one or more git refs (each built once into bench/build/ab-<sha>/, as ab.py d
 binary (--binary PATH). Everything listens on 127.0.0.1; every process it starts is stopped by
 PID.
 
-  bench/cost.py REF [REF ...] [--seconds 5] [--requests 2000] [--no-instr] [--top 12]
+  bench/cost.py REF [REF ...] [--rounds 3] [--seconds 5] [--requests 2000] [--no-instr] [--top 12]
+                [--out bench/results/cost.md]
 
 Needs perf (linux-perf) for the system calls and valgrind for the instructions; a part whose
 tool is missing is skipped with a note. The mock comes from bench/build (bench/run.sh)."""
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,7 +92,9 @@ def chat_requests(port, key, n):
 
 
 def instructions(binary, work, mock_port, requests, top):
-    """(Ir per request, [(Ir per request, function)]) for requests sequential requests."""
+    """(Ir per request, {thread: Ir per request}, [(Ir per request, function)]) for requests
+    sequential requests. The threads: the event loops' path (engine_main), the ledger
+    writer and the checkpointer, whose share depends on how requests fell into batches."""
     prefix = os.path.join(work, "cg.out")
     for f in glob.glob(prefix + "*"):
         os.unlink(f)
@@ -113,6 +117,11 @@ def instructions(binary, work, mock_port, requests, top):
                          capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"^([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", ann, re.M)
                 .group(1).replace(",", ""))
+    threads = {}
+    for label, fn in (("event loops", "engine_main"), ("ledger writer", "writer_main"),
+                      ("checkpointer", "checkpoint_main")):
+        m = re.search(r"^\s*([\d,]+)\s+\([\d. ]+%\)\s+\S*:" + fn + r"\b", ann, re.M)
+        threads[label] = int(m.group(1).replace(",", "")) / requests if m else 0.0
     funcs = []
     for m in re.finditer(r"^\s*([\d,]+)\s+\([\d. ]+%\)\s+(\S+)", ann, re.M):
         name = m.group(2)
@@ -124,7 +133,7 @@ def instructions(binary, work, mock_port, requests, top):
         funcs.append((int(m.group(1).replace(",", "")) / requests, name))
         if len(funcs) >= top:
             break
-    return total / requests, funcs
+    return total / requests, threads, funcs
 
 
 def main():
@@ -134,9 +143,13 @@ def main():
     ap.add_argument("--binary", action="append", default=[],
                     help="a tollgate binary to measure as it is (repeatable)")
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="wrk runs per build and connection count (medians reported)")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--no-instr", action="store_true")
+    ap.add_argument("--out", default=os.path.join(BENCH, "results", "cost.md"),
+                    help="also write the report here ('' for none)")
     args = ap.parse_args()
     if not os.access(os.path.join(BUILD, "fast_mock"), os.X_OK):
         sys.exit("cost: bench/build/fast_mock is missing: run bench/run.sh --quick once first")
@@ -156,36 +169,52 @@ def main():
     tops = {}
     try:
         mock, mport = start_mock(work)
-        for sha, binary in builds:
-            if have_perf:
+        samples = {}   # (figure, sha) -> [value per round]
+        for rnd in range(args.rounds if have_perf else 0):
+            # interleaved, the order alternating by round: the timed CPU drifts with the VM
+            for sha, binary in (builds if rnd % 2 == 0 else builds[::-1]):
                 for conns in (64, 1):
-                    log(f"{sha}: system calls at {conns} connection(s)")
+                    log(f"round {rnd + 1}, {sha}: system calls at {conns} connection(s)")
                     for k, v in syscalls(binary, work, mport, conns, args.seconds).items():
-                        table.setdefault(f"{conns} conn: {k}", {})[sha] = v
+                        samples.setdefault((f"{conns} conn: {k}", sha), []).append(v)
+        for (fig, sha), vals in samples.items():
+            table.setdefault(fig, {})[sha] = statistics.median(vals)
+        for sha, binary in builds:
             if have_vg and not args.no_instr:
                 log(f"{sha}: instructions, {args.requests} requests under callgrind")
-                ir, funcs = instructions(binary, work, mport, args.requests, args.top)
+                ir, threads, funcs = instructions(binary, work, mport, args.requests, args.top)
                 table.setdefault("instructions per request (user space)", {})[sha] = ir
+                for label, v in threads.items():
+                    table.setdefault(f"instructions: {label}", {})[sha] = v
                 tops[sha] = funcs
     finally:
         if mock:
             stop(mock)
         shutil.rmtree(work, ignore_errors=True)
     shas = [sha for sha, _ in builds]
-    print("| figure, per request | " + " | ".join(shas) + " |")
-    print("|---|" + "---|" * len(shas))
+    lines = ["| figure, per request | " + " | ".join(shas) + " |",
+             "|---|" + "---|" * len(shas)]
     for fig, cells in table.items():
         fmt = "{:,.0f}" if ("req/s" in fig or "instructions" in fig) else "{:,.2f}"
         if "CPU" in fig:
             fmt = "{:,.1f}"
-        print(f"| {fig} | " + " | ".join(fmt.format(cells[s]) if s in cells else "-"
-                                         for s in shas) + " |")
+        lines.append(f"| {fig} | " + " | ".join(fmt.format(cells[s]) if s in cells else "-"
+                                                 for s in shas) + " |")
     for sha in shas:
         if sha in tops:
-            print(f"\n{sha}: instructions per request, inclusive, named functions")
-            for ir, name in tops[sha]:
-                print(f"  {ir:>10,.0f}  {name}")
-
+            lines.append(f"\n{sha}: instructions per request, inclusive, named functions\n")
+            lines += [f"    {ir:>10,.0f}  {name}" for ir, name in tops[sha]]
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(f"# bench/cost.py {' '.join(args.refs + args.binary)}\n\n"
+                    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.uname().nodename}"
+                    f" ({os.cpu_count()} CPUs); medians of {args.rounds} interleaved wrk runs of"
+                    f" {args.seconds} s per build and connection count,"
+                    f" {args.requests} requests under callgrind. Counts are per request"
+                    f" completed; CPU is timed (noisy). See bench/README.md.\n\n" + report)
+        log(f"wrote {args.out}")
 
 if __name__ == "__main__":
     main()
