@@ -1875,6 +1875,33 @@ static void test_journal_replay(void **state)
 
 /* A second open of a ledger in use fails clearly (it would empty the first one's journal
  * and sweep its rows in flight); once the first is closed, it opens. */
+/* One request "<prefix>-<i>" reserved and billed (cost_nano, prompt_tokens i) through the
+ * journal, as a loop does; false if either was not acknowledged OK. For a forked child. */
+static bool eager_billed(struct tg_ledger *lg, const char *prefix, int i, int64_t cost_nano)
+{
+    struct tg_ledger_entry e;
+    struct ack a = {0}, b = {0};
+    char id[32];
+    snprintf(id, sizeof id, "%s-%d", prefix, i);
+    entry(&e, id);
+    if (tg_ledger_insert_eager(lg, &e, record_ack, &a) != TG_OK || a.st != TG_OK)
+        return false;
+    e.status = TG_ROW_BILLED;
+    e.prompt_tokens = i;
+    e.completion_tokens = 1;
+    e.cost_nano = cost_nano;
+    e.http_status = 200;
+    return tg_ledger_settle_eager(lg, a.row_id, &e, record_ack, &b) == TG_OK && b.st == TG_OK;
+}
+
+static void wait_child_ok(pid_t pid)
+{
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* Appends across both journal files and past the active one's mapping (the writer held, so
  * the retired file cannot be emptied and the second file grows with pwrite), then a crash:
  * the next open replays both files, older first, and every acknowledged operation lands. */
@@ -1890,29 +1917,12 @@ static void test_journal_rotation(void **state)
         if (!lg)
             _exit(3);
         tg_ledger_test_pause(lg, true);
-        for (int i = 0; i < N; i++) {
-            struct tg_ledger_entry e;
-            struct ack a = {0}, b = {0};
-            char id[32];
-            snprintf(id, sizeof id, "rot-%d", i);
-            entry(&e, id);
-            if (tg_ledger_insert_eager(lg, &e, record_ack, &a) != TG_OK || a.st != TG_OK)
+        for (int i = 0; i < N; i++)
+            if (!eager_billed(lg, "rot", i, 100 + i))
                 _exit(4);
-            e.status = TG_ROW_BILLED;
-            e.prompt_tokens = i;
-            e.completion_tokens = 1;
-            e.cost_nano = 100 + i;
-            e.http_status = 200;
-            if (tg_ledger_settle_eager(lg, a.row_id, &e, record_ack, &b) != TG_OK ||
-                b.st != TG_OK)
-                _exit(5);
-        }
         _exit(0);   /* nothing reached SQLite: all of it is in the two journal files */
     }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    wait_child_ok(pid);
     for (int i = 0; i < 2; i++) {   /* both files hold records... */
         char jpath[160];
         snprintf(jpath, sizeof jpath, "%s-tgj%d", f->path, i);
@@ -1961,26 +1971,12 @@ static void test_journal_recycling(void **state)
                 tg_ledger_test_pause(lg, true);   /* the rest only in the journal */
             else if (i % 500 == 499)
                 tg_ledger_flush(lg);   /* let the writer retire and recycle files */
-            struct tg_ledger_entry e;
-            struct ack a = {0}, b = {0};
-            char id[32];
-            snprintf(id, sizeof id, "cyc-%d", i);
-            entry(&e, id);
-            if (tg_ledger_insert_eager(lg, &e, record_ack, &a) != TG_OK || a.st != TG_OK)
+            if (!eager_billed(lg, "cyc", i, 1))
                 _exit(4);
-            e.status = TG_ROW_BILLED;
-            e.prompt_tokens = i;
-            e.cost_nano = 1;
-            if (tg_ledger_settle_eager(lg, a.row_id, &e, record_ack, &b) != TG_OK ||
-                b.st != TG_OK)
-                _exit(5);
         }
         _exit(0);
     }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    wait_child_ok(pid);
     uint64_t max_gen = 0;   /* each rotation starts a file with the next generation */
     for (int i = 0; i < 2; i++) {
         char jpath[160];
