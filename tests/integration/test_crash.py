@@ -9,8 +9,9 @@ right after the kill may lack operations that were durable only in the ledger's 
 (the writer had not put them in SQLite yet): the restart replays them first, so a row
 reserved in SQLite at the kill may come back billed, and a row absent then may come back.
 
-Also: a client that disconnects mid-stream still gets its row settled (failed,
-client_disconnected = 1, with the usage known so far)."""
+Also: the same kill -9 after the journal has rotated between its files a few times
+(CrashAfterJournalRotations); and a client that disconnects mid-stream still gets its row
+settled (failed, client_disconnected = 1, with the usage known so far)."""
 
 import http.client
 import json
@@ -414,6 +415,92 @@ class CrashRestart(H.GatewayTestCase):
         self.assertEqual(r["status"], "billed", r)
         self.assertEqual(r["cost_nano"], row["cost_nano"], r)
         self.assertTrue(self.gw.healthy())
+
+
+class CrashAfterJournalRotations(H.GatewayTestCase):
+    """kill -9 after the ledger's intent journal has rotated between its two files a few
+    times (each file 1 MiB: ~1,800 requests): plain requests from many threads, the kill
+    while they run, a restart. Every complete answer has exactly one billed row."""
+
+    ANSWERS = 4500           # ~2.4 rotations' worth of reserve + settle records
+    THREADS = 16
+    TIMEOUT = 120.0
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        try:
+            cls._load_kill_restart()
+        except BaseException:
+            cls.env.dump_logs()
+            cls.env.close()
+            raise
+
+    @classmethod
+    def _load_kill_restart(cls):
+        gw = cls.gw
+        headers = gw.auth()
+        lock = threading.Lock()
+        complete, killed = [], threading.Event()
+
+        def worker(t):
+            i = 0
+            while not killed.is_set():
+                body = H.chat_body(text="Rotation load %d-%d." % (t, i),
+                                   provider=H.PROVIDERS[(t + i) % 3])
+                i += 1
+                rid, ok, _ = run_plain(gw.port, body, headers, timeout=10.0)
+                if ok:
+                    with lock:
+                        complete.append(rid)
+
+        threads = [threading.Thread(target=worker, args=(t,), daemon=True)
+                   for t in range(cls.THREADS)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + cls.TIMEOUT
+        while time.monotonic() < deadline:
+            with lock:
+                if len(complete) >= cls.ANSWERS:
+                    break
+            time.sleep(0.01)
+        gw.proc.proc.kill()            # SIGKILL, by PID, with the load running
+        killed.set()
+        gw.proc.proc.wait(timeout=10)
+        for t in threads:
+            t.join(timeout=15)
+        with lock:
+            cls.complete = list(complete)
+        cls.generations = []
+        for i in (0, 1):
+            with open("%s-tgj%d" % (gw.ledger_path, i), "rb") as f:
+                head = f.read(16)
+            cls.generations.append(int.from_bytes(head[8:16], "little") if len(head) == 16
+                                   else 0)
+        cls.gw = K.restart_gateway(cls.env, gw)
+        cls.after = K.rows(cls.gw.ledger_path)
+
+    def test_journal_rotated_before_the_kill(self):
+        self.assertGreaterEqual(len(self.complete), self.ANSWERS)
+        # a reset starts generation 1; each rotation starts the other file one higher
+        self.assertGreaterEqual(max(self.generations), 3, self.generations)
+
+    def test_every_complete_answer_has_one_billed_row(self):
+        by_rid = {}
+        for r in self.after:
+            by_rid.setdefault(r["request_id"], []).append(r)
+        self.assertEqual(len(set(self.complete)), len(self.complete), "a request id twice")
+        bad = [(rid, [r["status"] for r in by_rid.get(rid, [])]) for rid in self.complete
+               if [r["status"] for r in by_rid.get(rid, [])] != ["billed"]]
+        self.assertEqual(bad, [], "complete answers without exactly one (billed) row")
+        billed = [r["request_id"] for r in self.after if r["status"] == "billed"]
+        self.assertEqual(len(billed), len(set(billed)), "a request billed twice")
+        for r in self.after:
+            self.assertIn(r["status"], ("billed", "interrupted"), r)
+
+    def test_restarted_daemon_serves(self):
+        r = self.gw.chat(H.chat_body(text="after the rotations"))
+        self.assertEqual(r.status, 200, r)
 
 
 def kernel_queued(server_port, client_port):
