@@ -113,7 +113,9 @@ def request_body(i):
     return H.chat_body(text=text, scenario=SCENARIO, provider=provider), False
 
 
-class CrashRestart(H.GatewayTestCase):
+class KillRestartCase(H.GatewayTestCase):
+    """A gateway that a subclass's _load_kill_restart loads, kills with -9 and restarts,
+    once for the class; its logs are dumped if that fails."""
 
     @classmethod
     def setUpClass(cls):
@@ -124,6 +126,13 @@ class CrashRestart(H.GatewayTestCase):
             cls.env.dump_logs()
             cls.env.close()
             raise
+
+    @classmethod
+    def _load_kill_restart(cls):
+        raise NotImplementedError
+
+
+class CrashRestart(KillRestartCase):
 
     @classmethod
     def _load_kill_restart(cls):
@@ -417,7 +426,7 @@ class CrashRestart(H.GatewayTestCase):
         self.assertTrue(self.gw.healthy())
 
 
-class CrashAfterJournalRotations(H.GatewayTestCase):
+class CrashAfterJournalRotations(KillRestartCase):
     """kill -9 after the ledger's intent journal has rotated between its two files a few
     times (each file 1 MiB: ~1,800 requests): plain requests from many threads, the kill
     while they run, a restart. Every complete answer has exactly one billed row."""
@@ -425,16 +434,6 @@ class CrashAfterJournalRotations(H.GatewayTestCase):
     ANSWERS = 4500           # ~2.4 rotations' worth of reserve + settle records
     THREADS = 16
     TIMEOUT = 120.0
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        try:
-            cls._load_kill_restart()
-        except BaseException:
-            cls.env.dump_logs()
-            cls.env.close()
-            raise
 
     @classmethod
     def _load_kill_restart(cls):
@@ -490,8 +489,8 @@ class CrashAfterJournalRotations(H.GatewayTestCase):
         for r in self.after:
             by_rid.setdefault(r["request_id"], []).append(r)
         self.assertEqual(len(set(self.complete)), len(self.complete), "a request id twice")
-        bad = [(rid, [r["status"] for r in by_rid.get(rid, [])]) for rid in self.complete
-               if [r["status"] for r in by_rid.get(rid, [])] != ["billed"]]
+        statuses = {rid: [r["status"] for r in by_rid.get(rid, [])] for rid in self.complete}
+        bad = [(rid, st) for rid, st in statuses.items() if st != ["billed"]]
         self.assertEqual(bad, [], "complete answers without exactly one (billed) row")
         billed = [r["request_id"] for r in self.after if r["status"] == "billed"]
         self.assertEqual(len(billed), len(set(billed)), "a request billed twice")
