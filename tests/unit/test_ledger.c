@@ -1757,6 +1757,29 @@ static void run_cli(struct captured *c, int argc, const char **argv)
     slurp(err, c->err, sizeof c->err);
 }
 
+/* Fork a child that stands in for a daemon about to be killed: in the child, the ledger at
+ * path opened (exit 3 if it cannot be); in the parent, NULL, with *pid the child's. */
+static struct tg_ledger *fork_with_ledger(const char *path, pid_t *pid)
+{
+    fflush(NULL);
+    *pid = fork();
+    assert_true(*pid >= 0);
+    if (*pid != 0)
+        return NULL;
+    struct tg_ledger *lg = tg_ledger_open(path, NULL, NULL, 0);
+    if (!lg)
+        _exit(3);
+    return lg;
+}
+
+static void wait_child_ok(pid_t pid)
+{
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* Eager operations a crash left only in the journal: the next open writes them to SQLite
  * once (a reserve without its settlement becomes interrupted, chained), skips what SQLite
  * already held, ignores a torn append at the end, and empties the journal. */
@@ -1764,13 +1787,9 @@ static void test_journal_replay(void **state)
 {
     struct fixture *f = *state;
     struct tg_ledger_entry e2;
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
-        if (!lg)
-            _exit(3);
+    pid_t pid;
+    struct tg_ledger *lg = fork_with_ledger(f->path, &pid);
+    if (lg) {
         struct tg_ledger_entry e;
         struct ack a = {0}, b = {0}, c = {0}, d = {0}, s1 = {0}, s2 = {0};
         entry(&e, "applied");
@@ -1802,10 +1821,7 @@ static void test_journal_replay(void **state)
             _exit(5);
         _exit(0);   /* no close, no destructors: kill -9 with the writer behind */
     }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    wait_child_ok(pid);
     sqlite3 *db = reader(f->path);
     assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 1);
     sqlite3_close(db);
@@ -1834,7 +1850,7 @@ static void test_journal_replay(void **state)
 
     /* readers of the file are told (tollgate bill, ledger verify) */
     assert_true(tg_ledger_journal_unreplayed(f->path));
-    struct tg_ledger *lg = open_ok(f->path, NULL);
+    lg = open_ok(f->path, NULL);
     assert_false(tg_ledger_journal_unreplayed(f->path));   /* replayed; and held while open */
     assert_int_equal(tg_ledger_interrupted_at_open(lg), 1);
     entry(&e2, "while-open");
@@ -1894,14 +1910,6 @@ static bool eager_billed(struct tg_ledger *lg, const char *prefix, int i, int64_
     return tg_ledger_settle_eager(lg, a.row_id, &e, record_ack, &b) == TG_OK && b.st == TG_OK;
 }
 
-static void wait_child_ok(pid_t pid)
-{
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-}
-
 /* Appends across both journal files and past the active one's mapping (the writer held, so
  * the retired file cannot be emptied and the second file grows with pwrite), then a crash:
  * the next open replays both files, older first, and every acknowledged operation lands. */
@@ -1909,13 +1917,9 @@ static void test_journal_rotation(void **state)
 {
     struct fixture *f = *state;
     enum { N = 5000 };   /* 10,000 records of ~280 bytes, ~2.8 MB: past 1 MiB twice */
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
-        if (!lg)
-            _exit(3);
+    pid_t pid;
+    struct tg_ledger *lg = fork_with_ledger(f->path, &pid);
+    if (lg) {
         tg_ledger_test_pause(lg, true);
         for (int i = 0; i < N; i++)
             if (!eager_billed(lg, "rot", i, 100 + i))
@@ -1938,7 +1942,7 @@ static void test_journal_rotation(void **state)
             assert_true(ftell(fp) > (1 << 20) + (256 << 10));
         fclose(fp);
     }
-    struct tg_ledger *lg = open_ok(f->path, NULL);
+    lg = open_ok(f->path, NULL);
     assert_int_equal(tg_ledger_interrupted_at_open(lg), 0);
     tg_ledger_close(lg);
     sqlite3 *db = reader(f->path);
@@ -1959,13 +1963,9 @@ static void test_journal_recycling(void **state)
 {
     struct fixture *f = *state;
     enum { N = 6000, TAIL = 100 };   /* ~3.4 MB of records: files reused at least twice */
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        struct tg_ledger *lg = tg_ledger_open(f->path, NULL, NULL, 0);
-        if (!lg)
-            _exit(3);
+    pid_t pid;
+    struct tg_ledger *lg = fork_with_ledger(f->path, &pid);
+    if (lg) {
         for (int i = 0; i < N + TAIL; i++) {
             if (i == N)
                 tg_ledger_test_pause(lg, true);   /* the rest only in the journal */
@@ -1993,7 +1993,7 @@ static void test_journal_recycling(void **state)
         fclose(fp);
     }
     assert_true(max_gen >= 4);
-    struct tg_ledger *lg = open_ok(f->path, NULL);
+    lg = open_ok(f->path, NULL);
     assert_int_equal(tg_ledger_interrupted_at_open(lg), 0);
     tg_ledger_close(lg);
     sqlite3 *db = reader(f->path);
