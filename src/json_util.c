@@ -10,6 +10,8 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <pthread.h>
 #include <openssl/rand.h>
 
 int tg_read_file(const char *path, size_t cap, char **out, size_t *out_len)
@@ -60,6 +62,26 @@ out:
     if (f)
         fclose(f);
     return rc;
+}
+
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+#endif
+
+const EVP_MD *tg_sha256(void)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    pthread_once(&sha256_once, sha256_fetch);
+    if (sha256_md)
+        return sha256_md;
+#endif
+    return EVP_sha256();
 }
 
 void tg_strlcpy(char *dst, const char *src, size_t cap)

@@ -1,5 +1,6 @@
 /* json_util.h: small helpers shared across the core: reading a whole file with a cap,
- * lenient JSON loading, clocks, error-message buffers and random ids. Private to
+ * lenient JSON loading, clocks, error-message buffers, random ids and the process's SHA-256
+ * digest. Private to
  * libtollgate. */
 #ifndef TOLLGATE_JSON_UTIL_H
 #define TOLLGATE_JSON_UTIL_H
@@ -7,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include "tollgate/status.h"
 
 /* Read path into a new NUL-terminated buffer (caller frees), at most cap bytes.
@@ -36,6 +38,11 @@ bool tg_random_hex(char *out, size_t n);
  * per-thread buffer of RAND_bytes output refilled every few dozen ids, so most requests make
  * no DRBG call (nor the getpid system call of OpenSSL's fork check). Never for keys. */
 bool tg_random_id_hex(char *out, size_t n);
+
+/* SHA-256 for EVP digests, fetched once for the process (OpenSSL 3 looks the algorithm up
+ * again on every EVP_sha256()/SHA256() digest, a visible cost per request). Borrowed: never
+ * freed, it lives as long as OpenSSL. */
+const EVP_MD *tg_sha256(void);
 
 /* Monotonic microseconds, wall-clock milliseconds. */
 long long tg_now_us(void);

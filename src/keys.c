@@ -2,7 +2,6 @@
  * touches the disk or a log: only its SHA-256 is stored, compared in constant time. */
 #include "tollgate/keys.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,23 +38,10 @@ int tg_key_parse(const char *t, char id[TG_KEY_ID_LEN + 1], char secret[TG_KEY_S
     return TG_OK;
 }
 
-/* SHA-256 fetched once for the process (every request hashes its key): EVP_sha256() makes
- * OpenSSL 3 fetch the algorithm again on each digest. Never freed: it lives as long as
- * OpenSSL itself. */
-static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-
-static void sha256_fetch(void)
-{
-    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-}
-
 void tg_key_hash(const char *secret, unsigned char out[32])
 {
     unsigned int n = 32;
-    pthread_once(&sha256_once, sha256_fetch);
-    const EVP_MD *md = sha256_md ? sha256_md : EVP_sha256();
-    if (EVP_Digest(secret, strlen(secret), out, &n, md, NULL) != 1)
+    if (EVP_Digest(secret, strlen(secret), out, &n, tg_sha256(), NULL) != 1)
         memset(out, 0, 32);   /* never matches a stored hash of a real secret */
 }
 

@@ -1,6 +1,7 @@
 /* ledger_chain.c: the canonical encoding of a ledger row and its SHA-256 link (OpenSSL
  * EVP). Pure computation: it never touches the database. */
 #include "ledger_chain.h"
+#include "json_util.h"
 
 #include <openssl/evp.h>
 #include <sqlite3.h>
@@ -11,8 +12,6 @@
 
 struct tg_chain_hasher {
     EVP_MD_CTX *ctx;
-    EVP_MD *owned_md;          /* fetched once (OpenSSL 3): no per-hash lookup */
-    const EVP_MD *md;
     unsigned char buf[1024];   /* encoding buffered ahead of EVP_DigestUpdate */
     size_t len;
     bool failed;
@@ -24,13 +23,7 @@ struct tg_chain_hasher *tg_chain_hasher_new(void)
     if (!h)
         return NULL;
     h->ctx = EVP_MD_CTX_new();
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    h->owned_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    h->md = h->owned_md;
-#else
-    h->md = EVP_sha256();
-#endif
-    if (!h->ctx || !h->md) {
+    if (!h->ctx) {
         tg_chain_hasher_free(h);
         return NULL;
     }
@@ -42,9 +35,6 @@ void tg_chain_hasher_free(struct tg_chain_hasher *h)
     if (!h)
         return;
     EVP_MD_CTX_free(h->ctx);
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    EVP_MD_free(h->owned_md);
-#endif
     free(h);
 }
 
@@ -98,7 +88,8 @@ int tg_chain_hash(struct tg_chain_hasher *h, const unsigned char prev[TG_CHAIN_H
                   unsigned char out[TG_CHAIN_HASH_LEN])
 {
     h->len = 0;
-    h->failed = EVP_DigestInit_ex(h->ctx, h->md, NULL) != 1;
+    /* the process's SHA-256, fetched once (tg_sha256): no lookup per hash */
+    h->failed = EVP_DigestInit_ex(h->ctx, tg_sha256(), NULL) != 1;
     put(h, DOMAIN, sizeof DOMAIN - 1);
     put(h, prev, TG_CHAIN_HASH_LEN);
     for (int i = 0; i < TG_CHAIN_NFIELDS; i++) {

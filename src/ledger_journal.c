@@ -50,10 +50,9 @@ struct tg_journal {
     bool map_failed[2];      /* no preallocation for this file's generation: pwrite */
     bool recycling[2];       /* retired and applied, being emptied: not rotated to yet */
     bool sync_full;
-    /* SHA-256 fetched once and one context reused (appends are serialized by the ledger's
-     * mutex): OpenSSL 3's one-shot SHA256() fetches the algorithm on every call, which
-     * was a third of an append's CPU. */
-    EVP_MD *md;
+    /* one digest context reused (appends are serialized by the ledger's mutex), with the
+     * process's SHA-256 (tg_sha256): OpenSSL 3's one-shot SHA256() looks the algorithm up
+     * on every call, which was a third of an append's CPU */
     EVP_MD_CTX *ctx;
 };
 
@@ -179,7 +178,7 @@ static void checksum(struct tg_journal *j, const unsigned char *rec, size_t n,
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
-    if (EVP_DigestInit_ex(j->ctx, j->md, NULL) != 1 || EVP_DigestUpdate(j->ctx, rec, n) != 1 ||
+    if (EVP_DigestInit_ex(j->ctx, tg_sha256(), NULL) != 1 || EVP_DigestUpdate(j->ctx, rec, n) != 1 ||
         EVP_DigestFinal_ex(j->ctx, md, &len) != 1 || len < REC_SUM) {
         memset(out, 0, REC_SUM);
         return;
@@ -290,9 +289,8 @@ struct tg_journal *tg_journal_open(const char *db_path, bool sync_full, char *er
     j->fd[0] = j->fd[1] = -1;
     j->active = -1;
     j->sync_full = sync_full;
-    j->md = EVP_MD_fetch(NULL, "SHA256", NULL);
     j->ctx = EVP_MD_CTX_new();
-    if (!j->md || !j->ctx) {
+    if (!j->ctx) {
         tg_set_err(err, errlen, "ledger: SHA-256 is not available from OpenSSL");
         goto fail;
     }
@@ -343,7 +341,6 @@ void tg_journal_close(struct tg_journal *j)
         free(j->path[i]);
     }
     EVP_MD_CTX_free(j->ctx);
-    EVP_MD_free(j->md);
     free(j);
 }
 
