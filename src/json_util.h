@@ -1,7 +1,6 @@
 /* json_util.h: small helpers shared across the core: reading a whole file with a cap,
  * lenient JSON loading, clocks, error-message buffers, random ids and the process's SHA-256
- * digest. Private to
- * libtollgate. */
+ * digest. Private to libtollgate. */
 #ifndef TOLLGATE_JSON_UTIL_H
 #define TOLLGATE_JSON_UTIL_H
 
