@@ -54,6 +54,9 @@ void tg_stream_state_cleanup(struct tg_stream_state *st)
 {
     json_decref(st->error);
     st->error = NULL;
+    free(st->envelope);
+    st->envelope = NULL;
+    st->envelope_len = 0;
 }
 
 static bool nonneg_int(const json_t *v, int64_t *out)
@@ -240,6 +243,36 @@ static json_t *norm_delta(const json_t *ch, struct tg_stream_state *st)
     return out;
 }
 
+/* One output choice, or NULL when out of memory. */
+static json_t *chunk_choice(const json_t *ch, size_t i, struct tg_stream_state *st)
+{
+    json_t *idx = json_object_get(ch, "index");
+    const char *fr = tg_finish_reason_map(json_string_value(json_object_get(ch, "finish_reason")));
+    if (fr)
+        st->saw_finish = true;
+    json_t *delta = norm_delta(ch, st);
+    if (delta && !st->sent_role && i == 0) {
+        /* the first chunk says who speaks, as OpenAI's does */
+        json_object_set_new_nocheck(delta, "role", json_string_nocheck("assistant"));
+        st->sent_role = true;
+    }
+    /* Built member by member: json_pack parses its format string on every call, and this
+     * runs once per chunk of every stream. A failed set frees the value it was given. */
+    json_t *c = json_object();
+    if (!c || json_object_set_new_nocheck(c, "index",
+                                          json_integer(json_is_integer(idx) ? json_integer_value(idx)
+                                                                            : (json_int_t)i)) ||
+        json_object_set_new_nocheck(c, "delta", delta) ||
+        json_object_set_new_nocheck(c, "finish_reason", fr ? json_string_nocheck(fr) : json_null()) ||
+        json_object_set_new_nocheck(c, "logprobs", logprobs_value(ch))) {
+        if (!c)
+            json_decref(delta);
+        json_decref(c);
+        return NULL;
+    }
+    return c;
+}
+
 int tg_oa_translate_chunk(const struct tg_provider_conf *pc, json_t **chunk,
                           struct tg_stream_state *st)
 {
@@ -269,43 +302,77 @@ int tg_oa_translate_chunk(const struct tg_provider_conf *pc, json_t **chunk,
     if (!json_is_array(inchoices) || json_array_size(inchoices) == 0)
         return TG_DONE;   /* a usage-only chunk: the core sends its own at the end */
 
-    json_t *out = json_pack("{s:s, s:s, s:I, s:s}", "id", st->id, "object",
-                            "chat.completion.chunk", "created", (json_int_t)st->created,
-                            "model", st->model_out);
+    /* id, object, created and model are the stream's envelope (tg_stream_chunk_dump) */
+    json_t *out = json_object();
     json_t *choices = json_array();
-    if (!out || !choices) {
-        json_decref(out);
-        json_decref(choices);
-        return TG_ERR_NOMEM;
-    }
+    if (!out || !choices)
+        goto nomem;
     copy_if(out, in, "system_fingerprint", T_STR);
     size_t i;
     json_t *ch;
     json_array_foreach(inchoices, i, ch) {
-        json_t *idx = json_object_get(ch, "index");
-        const char *fr = tg_finish_reason_map(json_string_value(json_object_get(ch, "finish_reason")));
-        if (fr)
-            st->saw_finish = true;
-        json_t *delta = norm_delta(ch, st);
-        if (!st->sent_role && i == 0) {
-            /* the first chunk says who speaks, as OpenAI's does */
-            json_object_set_new(delta, "role", json_string("assistant"));
-            st->sent_role = true;
-        }
-        json_t *c = json_pack("{s:I, s:o, s:o, s:o}", "index",
-                              (json_int_t)(json_is_integer(idx) ? json_integer_value(idx) : (json_int_t)i),
-                              "delta", delta, "finish_reason", fr ? json_string(fr) : json_null(),
-                              "logprobs", logprobs_value(ch));
-        if (!c || json_array_append_new(choices, c)) {
-            json_decref(out);
-            json_decref(choices);
-            return TG_ERR_NOMEM;
-        }
+        if (json_array_append_new(choices, chunk_choice(ch, i, st)))
+            goto nomem;
     }
-    json_object_set_new(out, "choices", choices);
+    if (json_object_set_new_nocheck(out, "choices", choices)) {
+        choices = NULL;   /* freed by the failed set */
+        goto nomem;
+    }
     json_decref(in);
     *chunk = out;
     return TG_OK;
+nomem:
+    json_decref(out);
+    json_decref(choices);
+    return TG_ERR_NOMEM;
+}
+
+/* The envelope is the same for every chunk of a stream: rendered once, by jansson, without
+ * its closing brace. */
+static int render_envelope(struct tg_stream_state *st)
+{
+    json_t *env = json_object();
+    if (!env || json_object_set_new_nocheck(env, "id", json_string(st->id)) ||
+        json_object_set_new_nocheck(env, "object", json_string_nocheck("chat.completion.chunk")) ||
+        json_object_set_new_nocheck(env, "created", json_integer((json_int_t)st->created)) ||
+        json_object_set_new_nocheck(env, "model", json_string(st->model_out))) {
+        json_decref(env);
+        return TG_ERR_NOMEM;
+    }
+    char *text = json_dumps(env, JSON_COMPACT);
+    json_decref(env);
+    if (!text)
+        return TG_ERR_NOMEM;
+    st->envelope_len = strlen(text) - 1;   /* drop the closing '}' */
+    st->envelope = text;
+    return TG_OK;
+}
+
+char *tg_stream_chunk_dump(struct tg_stream_state *st, const json_t *chunk, size_t *len)
+{
+    if (!st->envelope && render_envelope(st) != TG_OK)
+        return NULL;
+    char *members = json_dumps(chunk, JSON_COMPACT);
+    if (!members)
+        return NULL;
+    /* members is "{}" or "{...}": its '{' becomes the ',' after the envelope */
+    size_t mlen = strlen(members);
+    bool empty = mlen <= 2;
+    size_t n = st->envelope_len + (empty ? 1 : mlen);
+    char *text = malloc(n + 1);
+    if (text) {
+        memcpy(text, st->envelope, st->envelope_len);
+        if (empty) {
+            text[st->envelope_len] = '}';
+        } else {
+            text[st->envelope_len] = ',';
+            memcpy(text + st->envelope_len + 1, members + 1, mlen - 1);
+        }
+        text[n] = '\0';
+        *len = n;
+    }
+    free(members);
+    return text;
 }
 
 json_t *tg_oa_normalize_error(const struct tg_provider_conf *pc, long status, const char *body,

@@ -111,7 +111,7 @@ static void reset_attempt(struct tg_request *r)
     memset(&r->meta, 0, sizeof r->meta);
     r->meta.retry_after_s = -1;
     r->t_attempt_us = r->t_resp_start_us = r->t_last_rx_us = r->t_first_byte_us = 0;
-    r->timeout_kind = 0;
+    r->timeout_kind = TG_TIMEOUT_NONE;
     r->paused = false;
     json_decref(r->resp_json);
     r->resp_json = NULL;
@@ -620,24 +620,29 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
                      "the client closed the connection");
     } else if (r->timeout_kind) {
         fault = TG_FAULT_TIMEOUT;
-        if (r->timeout_kind == 1)
+        if (r->timeout_kind == TG_TIMEOUT_FIRST_BYTE)
             fail_with(r, 504, "timeout_error", "upstream_timeout",
                       "%s did not start answering within %ld ms", c->pc->name,
                       c->pc->first_byte_timeout_ms);
-        else
+        else if (r->timeout_kind == TG_TIMEOUT_IDLE)
             fail_with(r, 504, "timeout_error", "upstream_idle_timeout",
                       "%s went silent for %ld ms in the middle of its answer", c->pc->name,
                       c->pc->idle_timeout_ms);
+        else
+            fail_with(r, 504, "timeout_error", "upstream_timeout",
+                      "%s did not finish in time (limit %ld ms)", c->pc->name,
+                      r->stream ? c->pc->stream_timeout_ms : c->pc->timeout_ms);
     } else if (relayed && r->st.error) {
         fault = TG_FAULT_BAD_RESPONSE;
         tg_error_take(&r->error, 502, TG_SRC_PROVIDER, json_incref(r->st.error));
         r->resp_status = 502;
     } else if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && !relayed)) {
         if (rc == CURLE_OPERATION_TIMEDOUT) {
+            /* the only libcurl timeout set is the connect one (engine.c) */
             fault = TG_FAULT_TIMEOUT;
             fail_with(r, 504, "timeout_error", "upstream_timeout",
-                      "%s did not finish in time (limit %ld ms)", c->pc->name,
-                      r->stream ? c->pc->stream_timeout_ms : c->pc->timeout_ms);
+                      "could not connect to %s within %ld ms", c->pc->name,
+                      c->pc->connect_timeout_ms);
         } else if (r->up_sends > 1) {
             /* a reused connection died before answering; libcurl may not resend (engine.c) */
             fault = TG_FAULT_BAD_RESPONSE;

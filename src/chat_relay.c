@@ -24,19 +24,23 @@ int tg_chat_emit_locked(struct tg_request *r, const char *s, size_t n)
     return rc;
 }
 
+/* Send the SSE event "data: <json>\n\n" straight to the client if it can go now, else
+ * buffer it for libmicrohttpd. r->mu held. */
+static void emit_event_locked(struct tg_request *r, const char *json, size_t len)
+{
+    if (tg_stream_direct_locked(r, json, len))
+        return;
+    if (tg_chat_emit_locked(r, "data: ", 6) != TG_OK || tg_chat_emit_locked(r, json, len) != TG_OK ||
+        tg_chat_emit_locked(r, "\n\n", 2) != TG_OK)
+        tg_warn("request %s: stream buffer append failed", r->request_id);
+}
+
 void tg_chat_emit_json_locked(struct tg_request *r, json_t *obj)
 {
     char *s = json_dumps(obj, JSON_COMPACT);
     if (!s)
         return;
-    size_t len = strlen(s);
-    if (tg_stream_direct_locked(r, s, len)) {
-        free(s);
-        return;
-    }
-    if (tg_chat_emit_locked(r, "data: ", 6) != TG_OK || tg_chat_emit_locked(r, s, len) != TG_OK ||
-        tg_chat_emit_locked(r, "\n\n", 2) != TG_OK)
-        tg_warn("request %s: stream buffer append failed", r->request_id);
+    emit_event_locked(r, s, strlen(s));
     free(s);
 }
 
@@ -102,10 +106,15 @@ static int on_sse_event(void *ud, const char *event, const char *data, size_t le
     }
     int rc = c->pc->impl->ops->translate_chunk(c->pc, &chunk, &r->st);
     if (rc == TG_OK) {
+        size_t n;
+        char *text = tg_stream_chunk_dump(&r->st, chunk, &n);   /* engine side only: no lock */
         pthread_mutex_lock(&r->mu);
         bool first = !r->stream_started;
-        tg_chat_emit_json_locked(r, chunk);
+        if (text)
+            emit_event_locked(r, text, n);
+        first = first && r->stream_started;   /* not when out of memory */
         pthread_mutex_unlock(&r->mu);
+        free(text);
         if (first) {
             /* Bytes reached the client, so this attempt is the last (plan_next): the
              * request body is never built again, and an open stream need not hold it. */

@@ -203,10 +203,15 @@ static size_t on_write(char *buf, size_t size, size_t n, void *ud)
     return tg_chat_on_data(ud, buf, size * n);
 }
 
-/* Our own deadlines, which libcurl has no option for: time to the first response byte,
- * silence between bytes, and (while nothing is relayed, so the client connection is parked
- * where libmicrohttpd cannot see it) whether the client is still there. Returns true when r
- * must be aborted; sets why on r. */
+/* A transfer's deadlines: time to the first response byte and silence between bytes (libcurl
+ * has no option for them), the whole attempt's limit, and (while nothing is relayed, so the
+ * client connection is parked where libmicrohttpd cannot see it) whether the client is still
+ * there. Returns true when r must be aborted; sets why on r.
+ *
+ * The whole-attempt limit is here rather than libcurl's CURLOPT_TIMEOUT_MS: a transfer with a
+ * timeout keeps a node in the multi handle's splay tree of timers, re-keyed on every socket
+ * event. With thousands of open streams per loop that tree walk, over nodes spread across
+ * thousands of easy handles, was a sixth of libcurl's time per relayed chunk (perf). */
 static bool past_deadline(struct tg_request *r, long long now)
 {
     const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
@@ -217,13 +222,18 @@ static bool past_deadline(struct tg_request *r, long long now)
             return true;
         }
     }
+    long total_ms = r->stream ? pc->stream_timeout_ms : pc->timeout_ms;
+    if (now - r->t_attempt_us > (long long)total_ms * 1000) {
+        r->timeout_kind = TG_TIMEOUT_TOTAL;
+        return true;
+    }
     if (!r->t_resp_start_us) {
         if (now - r->t_attempt_us > (long long)pc->first_byte_timeout_ms * 1000) {
-            r->timeout_kind = 1;
+            r->timeout_kind = TG_TIMEOUT_FIRST_BYTE;
             return true;
         }
     } else if (!r->paused && now - r->t_last_rx_us > (long long)pc->idle_timeout_ms * 1000) {
-        r->timeout_kind = 2;
+        r->timeout_kind = TG_TIMEOUT_IDLE;
         return true;
     }
     return false;
@@ -269,8 +279,8 @@ static void start_transfer(struct tg_engine *e, struct tg_request *r)
     /* A per-transfer buffer, times thousands of open streams: SSE events are small. */
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, r->stream ? 4096L : 16384L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->pc->connect_timeout_ms);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, r->stream ? c->pc->stream_timeout_ms
-                                                      : c->pc->timeout_ms);
+    /* no CURLOPT_TIMEOUT_MS: the sweep enforces timeout_ms / stream_timeout_ms
+     * (past_deadline) */
     /* only http(s) upstreams, never follow redirects: a provider that redirects is broken */
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);

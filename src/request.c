@@ -67,6 +67,7 @@ struct tg_request *tg_request_new(struct tg_gateway *gw, struct MHD_Connection *
         r->engine = gw->engines[0];
     r->conn = conn;
     r->client_fd = -1;
+    r->direct_queued_max = SIZE_MAX;
     const union MHD_ConnectionInfo *ci =
         conn ? MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
     if (ci)

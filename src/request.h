@@ -48,6 +48,14 @@ int tg_buf_append(struct tg_buf *b, const void *p, size_t n) TG_WUR;  /* TG_ERR_
 void tg_buf_reset(struct tg_buf *b);
 void tg_buf_free(struct tg_buf *b);
 
+/* Which of the engine's deadlines (engine.c, past_deadline) ended an attempt. */
+enum tg_timeout_kind {
+    TG_TIMEOUT_NONE,
+    TG_TIMEOUT_FIRST_BYTE,   /* no response header within first_byte_timeout_ms */
+    TG_TIMEOUT_IDLE,         /* silent for idle_timeout_ms mid-answer */
+    TG_TIMEOUT_TOTAL,        /* over timeout_ms / stream_timeout_ms in all */
+};
+
 struct tg_request {
     atomic_int refs;
     struct tg_gateway *gw;
@@ -102,7 +110,7 @@ struct tg_request {
     long long t_resp_start_us;     /* first response byte (status line) */
     long long t_last_rx_us;        /* last byte received (idle timeout) */
     long long t_first_byte_us;     /* first body byte (time to first token for streams) */
-    int timeout_kind;              /* 0, or which of our own timeouts aborted the transfer */
+    enum tg_timeout_kind timeout_kind;   /* which of our timeouts aborted the transfer */
     long long t_alive_check_us;    /* last client liveness peek */
     bool paused;                   /* upstream paused by back-pressure */
     struct tg_request *eng_prev, *eng_next;   /* the engine's list of running transfers */
@@ -117,6 +125,8 @@ struct tg_request {
     bool suspended;                /* we suspended conn and owe it a resume */
     bool parked;                   /* suspended inside a streaming body with every byte sent:
                                       the engine may write whole chunks to client_fd itself */
+    size_t direct_queued_max;      /* while parked: at most this many bytes are in client_fd's
+                                      send queue (SIZE_MAX: not known; stream_direct.c) */
     bool http11;                   /* the client spoke HTTP/1.1: a stream is sent chunked */
     bool client_gone;              /* the client side ended (completed callback) */
     bool response_queued;          /* the HTTP thread queued a response */

@@ -184,6 +184,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
          * whole chunks itself (stream_direct.c) */
         tg_request_sleep_locked(r);
         r->parked = r->suspended;
+        r->direct_queued_max = SIZE_MAX;   /* libmicrohttpd has just written to the socket */
         n = 0;
     }
     pthread_mutex_unlock(&r->mu);

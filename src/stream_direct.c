@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -35,8 +36,13 @@
  * (about 1 KiB of send-buffer memory each) plus this chunk, stays well inside the smallest
  * send buffer TCP autotunes a connection to (about 46 KB on Ethernet; megabytes on
  * loopback), so the chunk is taken whole. A client that stops reading fills its window,
- * then this queue, and from then on is left to libmicrohttpd's back-pressure. */
-#define DIRECT_MAX_QUEUED 2048
+ * then this queue, and from then on is left to libmicrohttpd's back-pressure.
+ *
+ * The queue is asked for (SIOCOUTQ) only when it might be over the limit: while the
+ * connection is parked, only these direct writes add to it, so the last answer plus what was
+ * written since bounds it (r->direct_queued_max). With chunks of a few hundred bytes that is
+ * one ioctl every dozen chunks instead of one per chunk, a system call in five. */
+#define DIRECT_MAX_QUEUED 4096
 #define DIRECT_MAX_CHUNK 4096
 
 /* A partial write into a nearly empty send queue means kernel memory pressure: wait this
@@ -83,18 +89,24 @@ bool tg_stream_direct_locked(struct tg_request *r, const char *json, size_t len)
     int hl = snprintf(head, sizeof head, "%zx\r\ndata: ", len + 8);
     if (hl <= 0 || (size_t)hl + len + 4 > DIRECT_MAX_CHUNK)
         return false;
-    int queued = 0;
-    if (ioctl(r->client_fd, SIOCOUTQ, &queued) != 0 || queued > DIRECT_MAX_QUEUED)
-        return false;
+    if (r->direct_queued_max > DIRECT_MAX_QUEUED) {
+        int queued = 0;
+        if (ioctl(r->client_fd, SIOCOUTQ, &queued) != 0 || queued < 0 || queued > DIRECT_MAX_QUEUED)
+            return false;
+        r->direct_queued_max = (size_t)queued;
+    }
     static const char tail[] = "\n\n\r\n";
     struct iovec iov[3] = {{head, (size_t)hl}, {(void *)json, len}, {(void *)tail, 4}};
     size_t total = (size_t)hl + len + 4;
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 3};
     ssize_t k = sendmsg(r->client_fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k > 0)
+        r->direct_queued_max += (size_t)k;
     if (k == (ssize_t)total)
         return true;
     if (k <= 0)
         return false;   /* nothing sent: libmicrohttpd sends it, or finds the socket broken */
+    r->direct_queued_max = SIZE_MAX;   /* the rest goes after a wait: ask next time */
     if (finish(r->client_fd, iov, 3, (size_t)k))
         return true;
     /* Half a chunk is on the wire and the rest cannot follow: the stream is unusable. Shut

@@ -209,6 +209,23 @@ static void assert_completion(const json_t *r, const char *id, const char *model
 }
 
 /* An OpenAI chat.completion.chunk as forwarded to the client. */
+/* What a client gets for a translated chunk: tg_stream_chunk_dump's text, parsed back. The
+ * chunk is consumed. */
+static json_t *client_chunk(struct tg_stream_state *st, json_t *chunk)
+{
+    size_t n = 0;
+    char *text = tg_stream_chunk_dump(st, chunk, &n);
+    json_decref(chunk);
+    assert_non_null(text);
+    assert_int_equal(strlen(text), n);
+    json_error_t jerr;
+    json_t *full = json_loadb(text, n, 0, &jerr);
+    if (!full)
+        fail_msg("a dumped chunk is not JSON (%s): %s", jerr.text, text);
+    free(text);
+    return full;
+}
+
 static void assert_chunk(const json_t *c, const char *id, int64_t created, const char *model_out)
 {
     static const char *const top[] = {"id", "object", "created", "model", "choices",
@@ -466,6 +483,7 @@ static int on_event(void *ud, const char *event, const char *data, size_t len)
     if (rc == TG_DONE) {
         r->dropped++;
     } else if (rc == TG_OK) {
+        chunk = client_chunk(&r->st, chunk);
         assert_chunk(chunk, r->prov->id, r->created, MODEL_OUT);
         const json_t *ch = json_array_get(json_object_get(chunk, "choices"), 0);
         const json_t *d = json_object_get(ch, "delta");
@@ -675,6 +693,7 @@ static void test_together_chunk_cleanup(void **state)
         0, NULL);
     assert_non_null(c);
     assert_int_equal(pc.impl->ops->translate_chunk(&pc, &c, &st), TG_OK);
+    c = client_chunk(&st, c);
     assert_chunk(c, "8448080b880415ea-SJC", FIXTURE_CREATED, MODEL_OUT);
     const json_t *ch = json_array_get(json_object_get(c, "choices"), 0);
     assert_true(json_is_null(json_object_get(ch, "logprobs")));
@@ -736,6 +755,49 @@ static void test_translate_refuses_non_objects(void **state)
     assert_int_equal(pc.impl->ops->translate_chunk(&pc, &c, &st), TG_ERR_PARSE);
     json_decref(c);
     tg_stream_state_cleanup(&st);
+}
+
+/* The envelope is rendered once and joined to each chunk's members: the text must be what
+ * jansson writes for the whole object, members in order, for awkward ids and models too, and
+ * for a chunk with no members. */
+static void test_stream_chunk_dump(void **state)
+{
+    (void)state;
+    static const char *const ids[] = {"chatcmpl-1", "q\"uo\\te\n", "\u00e9t\u00e9"};
+    for (size_t k = 0; k < sizeof ids / sizeof ids[0]; k++) {
+        struct tg_stream_state st;
+        tg_stream_state_init(&st, k == 2 ? "m\u00f6del/\"x\"" : MODEL_OUT, false);
+        snprintf(st.id, sizeof st.id, "%s", ids[k]);
+        st.created = 1767225600 + (int64_t)k;
+        static const char *const members[] = {
+            "{}",
+            ("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\\u0000b\"},"
+             "\"finish_reason\":null,\"logprobs\":null}]}"),
+            "{\"system_fingerprint\":\"fp\",\"choices\":[]}"};
+        for (size_t m = 0; m < sizeof members / sizeof members[0]; m++) {
+            json_t *chunk = json_loads(members[m], JSON_ALLOW_NUL, NULL);
+            assert_non_null(chunk);
+            json_t *whole = json_pack("{s:s, s:s, s:I, s:s}", "id", st.id, "object",
+                                      "chat.completion.chunk", "created", (json_int_t)st.created,
+                                      "model", st.model_out);
+            assert_non_null(whole);
+            assert_int_equal(json_object_update(whole, chunk), 0);
+            char *want = json_dumps(whole, JSON_COMPACT);
+            size_t n = 0;
+            char *got = tg_stream_chunk_dump(&st, chunk, &n);
+            assert_non_null(got);
+            assert_int_equal(n, strlen(want));
+            assert_memory_equal(got, want, n);
+            assert_int_equal(got[n], '\0');
+            free(got);
+            free(want);
+            json_decref(whole);
+            json_decref(chunk);
+        }
+        assert_non_null(st.envelope);
+        tg_stream_state_cleanup(&st);
+        assert_null(st.envelope);
+    }
 }
 
 /* ---- status, headers, request body --------------------------------------------------- */
@@ -967,6 +1029,7 @@ int main(void)
         cmocka_unit_test(test_fireworks_streams),
         cmocka_unit_test(test_sse_dir_streams),
         cmocka_unit_test(test_together_chunk_cleanup),
+        cmocka_unit_test(test_stream_chunk_dump),
         cmocka_unit_test(test_midstream_errors),
         cmocka_unit_test(test_translate_refuses_non_objects),
         cmocka_unit_test(test_classify_status),

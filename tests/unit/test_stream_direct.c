@@ -35,6 +35,7 @@ static int setup(void **state)
     f->r->parked = true;
     f->r->suspended = true;
     f->r->http11 = true;
+    f->r->direct_queued_max = SIZE_MAX;   /* as parking sets it: libmicrohttpd just wrote */
     strcpy(f->r->request_id, "req-test");
     f->peer = sv[1];
     *state = f;
@@ -127,20 +128,42 @@ static void test_bytes_buffered_first(void **state)
 static void test_client_behind(void **state)
 {
     struct fixture *f = *state;
-    char buf[4096];
+    char buf[8192];
     /* a chunk or two not yet acknowledged (a delayed ACK) still goes directly */
     assert_true(tg_stream_direct_locked(f->r, "{}", 2));
     assert_true(tg_stream_direct_locked(f->r, "{}", 2));
-    /* a client that is behind: its back-pressure is libmicrohttpd's */
-    memset(buf, 'x', 3000);
-    assert_int_equal(send(f->r->client_fd, buf, 3000, 0), 3000);
+    /* a client that is behind: its back-pressure is libmicrohttpd's. (Bytes written other
+     * than directly are libmicrohttpd's, after which the connection is parked afresh.) */
+    char big[4500];
+    memset(big, 'x', sizeof big);
+    assert_int_equal(send(f->r->client_fd, big, sizeof big, 0), (ssize_t)sizeof big);
+    f->r->direct_queued_max = SIZE_MAX;
     if (tg_stream_direct_locked(f->r, "{}", 2))
-        fail_msg("wrote directly into a send queue of 3 KB the client has not taken");
+        fail_msg("wrote directly into a send queue of 4.5 KB the client has not taken");
     size_t got = drain(f->peer, buf, sizeof buf);
-    assert_int_equal(got, 2 * 15 + 3000);   /* two chunks, the 3000 bytes, nothing else */
+    assert_int_equal(got, 2 * 15 + sizeof big);   /* two chunks, the bytes, nothing else */
     assert_memory_equal(buf, "a\r\ndata: {}\n\n\r\na\r\ndata: {}\n\n\r\n", 30);
     /* once it has caught up, directly again */
     assert_true(tg_stream_direct_locked(f->r, "{}", 2));
+}
+
+/* The send queue is asked for only when what was written directly since the last answer
+ * could have taken it over the limit, and the limit still holds: against a client that
+ * reads nothing, chunks go directly exactly while the queue before each is at most 4096
+ * bytes (15-byte chunks: 274 of them), then libmicrohttpd takes over. */
+static void test_queue_bound(void **state)
+{
+    struct fixture *f = *state;
+    int sent = 0;
+    while (sent < 1000 && tg_stream_direct_locked(f->r, "{}", 2))
+        sent++;
+    assert_int_equal(sent, (4096 + 15) / 15);
+    assert_true(f->r->direct_queued_max > 4096);
+    static char buf[32768];
+    assert_int_equal(drain(f->peer, buf, sizeof buf), (size_t)sent * 15);
+    /* read: the next chunk asks again, and goes */
+    assert_true(tg_stream_direct_locked(f->r, "{}", 2));
+    assert_int_equal(f->r->direct_queued_max, 15);
 }
 
 static void test_large_event(void **state)
@@ -172,6 +195,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_writes_one_framed_chunk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_parked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http10_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bytes_buffered_first, setup, teardown),
