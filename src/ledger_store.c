@@ -41,14 +41,16 @@ static const char settle_ident_sql[] =
 static const char load_sql[] =
     "SELECT " TG_CHAIN_COLUMNS ", reference_cost_nano FROM requests WHERE id = ?1";
 
+/* One bucket's sums added (ledger_rollup.c gathers them per transaction). */
 static const char rollup_sql[] =
     "INSERT INTO bill_daily (day, key_id, provider, model, status, requests, prompt_tokens,"
     " completion_tokens, cost_nano, unpriced, unpriced_prompt_tokens,"
     " unpriced_completion_tokens, estimated, estimated_cost_nano, referenced,"
     " reference_cost_nano, referenced_cost_nano)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
     " ON CONFLICT (day, key_id, provider, model, status) DO UPDATE SET"
-    " requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " requests = requests + excluded.requests,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
     " completion_tokens = completion_tokens + excluded.completion_tokens,"
     " cost_nano = cost_nano + excluded.cost_nano, unpriced = unpriced + excluded.unpriced,"
     " unpriced_prompt_tokens = unpriced_prompt_tokens + excluded.unpriced_prompt_tokens,"
@@ -211,18 +213,28 @@ static int64_t known_or_zero(const struct tg_chain_value *v)
     return v->type == SQLITE_INTEGER && v->i > 0 ? v->i : 0;
 }
 
-static int bind_key_text(sqlite3_stmt *s, int i, const struct tg_chain_value *v)
+static void key_text(struct tg_rollup_key *k, int i, const struct tg_chain_value *v)
 {
-    return v->type == SQLITE_TEXT ? sqlite3_bind_text(s, i, v->p, (int)v->n, SQLITE_STATIC)
-                                  : sqlite3_bind_text(s, i, "", 0, SQLITE_STATIC);
+    bool text = v->type == SQLITE_TEXT;
+    k->text[i] = text ? v->p : "";
+    k->len[i] = text ? v->n : 0;
 }
 
-/* Add a terminal row to its bill_daily bucket. reference is its reference_cost_nano
- * (negative = none), which is not among the hashed values. */
+static int flush_rollups(struct tg_ledger_store *st)
+{
+    if (tg_rollups_flush(&st->rollups, st->rollup) != TG_OK) {
+        tg_error("ledger: bill rollup failed: %s", sqlite3_errmsg(st->db));
+        return TG_ERR_IO;
+    }
+    return TG_OK;
+}
+
+/* Add a terminal row to its bill_daily bucket: in memory until the commit (or at once,
+ * outside a transaction). reference is its reference_cost_nano (negative = none), which is
+ * not among the hashed values. */
 static int rollup(struct tg_ledger_store *st, const struct tg_chain_value v[TG_CHAIN_NFIELDS],
                   int64_t reference)
 {
-    sqlite3_stmt *s = st->rollup;
     const struct tg_chain_value *model = v[TG_CF_MODEL_CANONICAL].type == SQLITE_TEXT
                                              ? &v[TG_CF_MODEL_CANONICAL]
                                              : &v[TG_CF_MODEL_UPSTREAM];
@@ -234,31 +246,32 @@ static int rollup(struct tg_ledger_store *st, const struct tg_chain_value v[TG_C
     int64_t created = v[TG_CF_CREATED_MS].type == SQLITE_INTEGER ? v[TG_CF_CREATED_MS].i : 0;
     /* Savings need both sides: a reference and the row's own known cost. */
     bool referenced = priced && reference >= 0;
-    int rc = SQLITE_OK;
-    BIND(sqlite3_bind_int64(s, 1, tg_chain_day(created)));
-    BIND(bind_key_text(s, 2, &v[TG_CF_KEY_ID]));
-    BIND(bind_key_text(s, 3, &v[TG_CF_PROVIDER]));
-    BIND(bind_key_text(s, 4, model));
-    BIND(bind_key_text(s, 5, &v[TG_CF_STATUS]));
-    BIND(sqlite3_bind_int64(s, 6, prompt));
-    BIND(sqlite3_bind_int64(s, 7, completion));
-    BIND(sqlite3_bind_int64(s, 8, cost));
-    BIND(sqlite3_bind_int(s, 9, priced ? 0 : 1));
-    BIND(sqlite3_bind_int64(s, 10, priced ? 0 : prompt));
-    BIND(sqlite3_bind_int64(s, 11, priced ? 0 : completion));
-    BIND(sqlite3_bind_int(s, 12, estimated ? 1 : 0));
-    BIND(sqlite3_bind_int64(s, 13, estimated ? cost : 0));
-    BIND(sqlite3_bind_int(s, 14, referenced ? 1 : 0));
-    BIND(sqlite3_bind_int64(s, 15, referenced ? reference : 0));
-    BIND(sqlite3_bind_int64(s, 16, referenced ? cost : 0));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(s);
-    sqlite3_reset(s);   /* every parameter is bound again before the next step */
-    if (rc != SQLITE_DONE) {
-        tg_error("ledger: bill rollup failed: %s", sqlite3_errmsg(st->db));
+    struct tg_rollup_key k = {.day = tg_chain_day(created)};
+    key_text(&k, TG_RK_KEY_ID, &v[TG_CF_KEY_ID]);
+    key_text(&k, TG_RK_PROVIDER, &v[TG_CF_PROVIDER]);
+    key_text(&k, TG_RK_MODEL, model);
+    key_text(&k, TG_RK_STATUS, &v[TG_CF_STATUS]);
+    const int64_t sums[TG_RS_N] = {
+        [TG_RS_REQUESTS] = 1,
+        [TG_RS_PROMPT_TOKENS] = prompt,
+        [TG_RS_COMPLETION_TOKENS] = completion,
+        [TG_RS_COST_NANO] = cost,
+        [TG_RS_UNPRICED] = priced ? 0 : 1,
+        [TG_RS_UNPRICED_PROMPT_TOKENS] = priced ? 0 : prompt,
+        [TG_RS_UNPRICED_COMPLETION_TOKENS] = priced ? 0 : completion,
+        [TG_RS_ESTIMATED] = estimated ? 1 : 0,
+        [TG_RS_ESTIMATED_COST_NANO] = estimated ? cost : 0,
+        [TG_RS_REFERENCED] = referenced ? 1 : 0,
+        [TG_RS_REFERENCE_COST_NANO] = referenced ? reference : 0,
+        [TG_RS_REFERENCED_COST_NANO] = referenced ? cost : 0,
+    };
+    if (st->rollups.n >= TG_ROLLUPS_MAX && flush_rollups(st) != TG_OK)
+        return TG_ERR_IO;
+    if (tg_rollups_add(&st->rollups, &k, sums) != TG_OK) {
+        tg_error("ledger: out of memory for a bill rollup");
         return TG_ERR_IO;
     }
-    return TG_OK;
+    return sqlite3_get_autocommit(st->db) ? flush_rollups(st) : TG_OK;
 }
 
 /* Link v to the chain head: the link the row will carry. The head itself moves only once
@@ -724,6 +737,7 @@ void tg_store_rollback(struct tg_ledger_store *st)
     if (!sqlite3_get_autocommit(st->db))
         run_stmt(st->rollback);
     held_clear(st);   /* the batch's reservations and settlements are gone */
+    tg_rollups_clear(&st->rollups);   /* and so are its bill_daily sums */
     st->head_seq = st->saved_seq;
     memcpy(st->head, st->saved_head, TG_CHAIN_HASH_LEN);
 }
@@ -753,6 +767,10 @@ static int save_head(struct tg_ledger_store *st)
 
 int tg_store_commit(struct tg_ledger_store *st)
 {
+    if (flush_rollups(st) != TG_OK) {
+        tg_store_rollback(st);
+        return TG_ERR_IO;
+    }
     if (save_head(st) != TG_OK || run_stmt(st->commit) != SQLITE_DONE) {
         tg_error("ledger: commit failed: %s", sqlite3_errmsg(st->db));
         tg_store_rollback(st);
@@ -776,6 +794,7 @@ void tg_store_close(struct tg_ledger_store *st)
     st->db = NULL;
     tg_chain_hasher_free(st->hasher);
     st->hasher = NULL;
+    tg_rollups_free(&st->rollups);
     free(st->scratch);
     st->scratch = NULL;
     st->scratch_cap = 0;

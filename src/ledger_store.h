@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "ledger_chain.h"
+#include "ledger_rollup.h"
 #include "tollgate/ledger.h"
 
 #define TG_LEDGER_SCHEMA_VERSION "1"
@@ -39,6 +40,7 @@ struct tg_ledger_store {
     char *scratch;                /* copies of a loaded row's strings for one operation */
     size_t scratch_cap;
     struct tg_held *held;         /* TG_STORE_HELD slots */
+    struct tg_rollups rollups;    /* the open transaction's bill_daily sums (ledger_rollup.h) */
     int synchronous;              /* PRAGMA synchronous as read back */
     int64_t interrupted_at_open;
 };

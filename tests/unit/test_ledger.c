@@ -984,14 +984,14 @@ static void assert_fault(const char *path, enum tg_ledger_fault f, int64_t row_i
                  (long long)r.row_id, r.detail);
 }
 
-/* Every row of table (ORDER BY its first column) as text, the columns named in skip left
- * out (comma-separated, surrounded by commas). */
+/* Every row of table (ordered by its first five columns) as text, the columns named in skip
+ * left out (comma-separated, surrounded by commas). */
 static void table_text(const char *path, const char *table, const char *skip, char *out,
                        size_t len)
 {
     sqlite3 *db = reader(path);
     char sql[128];
-    snprintf(sql, sizeof sql, "SELECT * FROM %s ORDER BY 1", table);
+    snprintf(sql, sizeof sql, "SELECT * FROM %s ORDER BY 1, 2, 3, 4, 5", table);
     sqlite3_stmt *s = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
     size_t off = 0;
@@ -1094,6 +1094,78 @@ static void test_settle_in_same_batch(void **state)
         assert_intact(f->path, 1);
         assert_intact(other, 1);
     }
+    rm_ledger(other);
+}
+
+/* 700 terminal rows over two days, 300 keys, two providers, native and catalog models,
+ * billed and failed, priced and not, estimated, with and without a reference cost: all in
+ * one batch (the writer held) or each committed on its own. Returns the writer's commits. */
+static uint64_t write_rollup_rows(const char *path, bool batch)
+{
+    struct tg_ledger *lg = open_ok(path, NULL);
+    uint64_t c0 = tg_ledger_test_commits(lg);
+    if (batch)
+        tg_ledger_test_pause(lg, true);
+    for (int i = 0; i < 700; i++) {
+        struct tg_ledger_entry e;
+        char id[32];
+        snprintf(id, sizeof id, "req-%d", i);
+        entry(&e, id);
+        snprintf(e.key_id, sizeof e.key_id, "k%d", i < 400 ? i % 300 : i % 3);
+        snprintf(e.provider, sizeof e.provider, "%s", i % 2 ? "groq" : "together");
+        if (i % 5 == 0)
+            e.model_canonical[0] = '\0';   /* native: its bucket is the upstream model */
+        e.status = i % 7 == 0 ? TG_ROW_FAILED : TG_ROW_BILLED;
+        e.usage_source = i % 4 == 0 ? TG_USAGE_ESTIMATED : TG_USAGE_REPORTED;
+        e.prompt_tokens = 10 + i;
+        e.completion_tokens = i % 13;
+        e.cost_nano = i % 6 == 0 ? -1 : 1000 + i;
+        e.reference_cost_nano = i % 3 == 0 ? 5000 + i : -1;
+        e.created_ms = 1767225600000 + (int64_t)(i % 2) * 86400000;
+        struct ack a = {0};
+        assert_int_equal(tg_ledger_insert(lg, &e, record_ack, &a), TG_OK);
+        if (!batch) {
+            tg_ledger_flush(lg);
+            assert_int_equal(a.st, TG_OK);
+        }
+    }
+    if (batch)
+        tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    uint64_t commits = tg_ledger_test_commits(lg) - c0;
+    tg_ledger_close(lg);
+    return commits;
+}
+
+/* The writer sums a batch's bill_daily additions per bucket and writes each once: the
+ * buckets must come out as when every row is committed on its own, also past the number of
+ * buckets held before an early write (TG_ROLLUPS_MAX). */
+static void test_rollup_summed_per_batch(void **state)
+{
+    struct fixture *f = *state;
+    char other[160];
+    snprintf(other, sizeof other, "%s/other.db", f->dir);
+    rm_ledger(other);
+    uint64_t batched = write_rollup_rows(f->path, true);
+    uint64_t single = write_rollup_rows(other, false);
+    assert_true(batched <= 3);
+    assert_true(single >= 700);
+    size_t cap = 1u << 20;
+    char *a = malloc(cap), *b = malloc(cap);
+    assert_non_null(a);
+    assert_non_null(b);
+    table_text(f->path, "bill_daily", "", a, cap);
+    table_text(other, "bill_daily", "", b, cap);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+    sqlite3 *db = reader(f->path);
+    assert_true(q_int(db, "SELECT count(*) FROM bill_daily") > 256);
+    assert_int_equal(q_int(db, "SELECT sum(requests) FROM bill_daily"), 700);
+    assert_true(q_int(db, "SELECT max(requests) FROM bill_daily") > 1);
+    sqlite3_close(db);
+    assert_intact(f->path, 700);
+    assert_intact(other, 700);
     rm_ledger(other);
 }
 
@@ -2141,6 +2213,7 @@ int main(void)
         cmocka_unit_test(test_entry_init_and_names),
         cmocka_unit_test_setup_teardown(test_schema, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserve_then_settle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rollup_summed_per_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_settle_in_same_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknowns_are_null, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unterminated_string_is_capped, setup, teardown),
