@@ -88,16 +88,26 @@ bool tg_oa_extract_usage(const json_t *obj, struct tg_usage *u)
     return true;
 }
 
-/* The OpenAI usage object for u. Returns new. */
+/* The OpenAI usage object for u. Returns new (NULL when out of memory). Built member by
+ * member: json_pack parses its format on every call, and this runs for every answer. */
 static json_t *usage_json(const struct tg_usage *u)
 {
-    json_t *o = json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)u->prompt_tokens,
-                          "completion_tokens", (json_int_t)u->completion_tokens, "total_tokens",
-                          (json_int_t)(u->prompt_tokens + u->completion_tokens));
-    if (o && u->cached_tokens >= 0)
-        json_object_set_new(o, "prompt_tokens_details",
-                            json_pack("{s:I}", "cached_tokens", (json_int_t)u->cached_tokens));
+    json_t *o = json_object();
+    if (!o || json_object_set_new_nocheck(o, "prompt_tokens", json_integer(u->prompt_tokens)) ||
+        json_object_set_new_nocheck(o, "completion_tokens", json_integer(u->completion_tokens)) ||
+        json_object_set_new_nocheck(o, "total_tokens",
+                                    json_integer(u->prompt_tokens + u->completion_tokens)))
+        goto nomem;
+    if (u->cached_tokens >= 0) {
+        json_t *d = json_object();
+        if (!d || json_object_set_new_nocheck(o, "prompt_tokens_details", d) ||
+            json_object_set_new_nocheck(d, "cached_tokens", json_integer(u->cached_tokens)))
+            goto nomem;
+    }
     return o;
+nomem:
+    json_decref(o);
+    return NULL;
 }
 
 /* Copy key from src to dst when it has one of the allowed JSON types. */
@@ -108,7 +118,7 @@ static void copy_if(json_t *dst, const json_t *src, const char *key, int type_ma
         return;
     int t = 1 << json_typeof(v);
     if (t & type_mask)
-        json_object_set(dst, key, v);
+        json_object_set_nocheck(dst, key, v);
 }
 #define T_STR (1 << JSON_STRING)
 #define T_OBJ (1 << JSON_OBJECT)
@@ -136,13 +146,13 @@ static json_t *norm_message(const json_t *m)
     json_t *content = json_object_get(m, "content");
     json_t *refusal = json_object_get(m, "refusal");
     json_t *tc = json_object_get(m, "tool_calls");
-    json_object_set_new(out, "role", json_string("assistant"));
-    json_object_set_new(out, "content",
-                        json_is_string(content) ? json_incref(content) : json_null());
-    json_object_set_new(out, "refusal",
-                        json_is_string(refusal) ? json_incref(refusal) : json_null());
+    json_object_set_new_nocheck(out, "role", json_string_nocheck("assistant"));
+    json_object_set_new_nocheck(out, "content",
+                                json_is_string(content) ? json_incref(content) : json_null());
+    json_object_set_new_nocheck(out, "refusal",
+                                json_is_string(refusal) ? json_incref(refusal) : json_null());
     if (json_is_array(tc) && json_array_size(tc) > 0)
-        json_object_set(out, "tool_calls", tc);
+        json_object_set_nocheck(out, "tool_calls", tc);
     copy_if(out, m, "function_call", T_OBJ);
     copy_if(out, m, "reasoning", T_STR);
     copy_if(out, m, "reasoning_content", T_STR);
@@ -170,28 +180,32 @@ int tg_oa_parse_response(const struct tg_provider_conf *pc, json_t **resp, const
     choices = json_array();
     if (!out || !choices)
         goto nomem;
-    json_object_set_new(out, "id", json_string(id && *id ? id : gen_id(idbuf, sizeof idbuf)));
-    json_object_set_new(out, "object", json_string("chat.completion"));
-    json_object_set_new(out, "created", json_integer(json_is_integer(created)
-                                                         ? json_integer_value(created)
-                                                         : (json_int_t)time(NULL)));
-    json_object_set_new(out, "model", json_string(model_out));
+    json_object_set_new_nocheck(out, "id",
+                                json_string(id && *id ? id : gen_id(idbuf, sizeof idbuf)));
+    json_object_set_new_nocheck(out, "object", json_string_nocheck("chat.completion"));
+    json_object_set_new_nocheck(out, "created",
+                                json_integer(json_is_integer(created) ? json_integer_value(created)
+                                                                      : (json_int_t)time(NULL)));
+    json_object_set_new_nocheck(out, "model", json_string(model_out));
     size_t i;
     json_t *ch;
     json_array_foreach(inchoices, i, ch) {
         json_t *idx = json_object_get(ch, "index");
         const char *fr = tg_finish_reason_map(json_string_value(json_object_get(ch, "finish_reason")));
-        json_t *c = json_pack("{s:I, s:o, s:s, s:o}", "index",
-                              (json_int_t)(json_is_integer(idx) ? json_integer_value(idx) : (json_int_t)i),
-                              "message", norm_message(json_object_get(ch, "message")),
-                              "finish_reason", fr ? fr : "stop", "logprobs", logprobs_value(ch));
-        if (!c || json_array_append_new(choices, c))
+        json_t *c = json_object();
+        if (!c || json_array_append_new(choices, c) ||
+            json_object_set_new_nocheck(c, "index",
+                                        json_integer(json_is_integer(idx) ? json_integer_value(idx)
+                                                                          : (json_int_t)i)) ||
+            json_object_set_new_nocheck(c, "message", norm_message(json_object_get(ch, "message"))) ||
+            json_object_set_new_nocheck(c, "finish_reason", json_string_nocheck(fr ? fr : "stop")) ||
+            json_object_set_new_nocheck(c, "logprobs", logprobs_value(ch)))
             goto nomem;
     }
-    json_object_set_new(out, "choices", choices);
+    json_object_set_new_nocheck(out, "choices", choices);
     choices = NULL;
     if (pc->impl->ops->extract_usage(in, usage))
-        json_object_set_new(out, "usage", usage_json(usage));
+        json_object_set_new_nocheck(out, "usage", usage_json(usage));
     copy_if(out, in, "system_fingerprint", T_STR);
     json_decref(in);
     *resp = out;
@@ -209,17 +223,17 @@ static json_t *norm_delta(const json_t *ch, struct tg_stream_state *st)
     json_t *out = json_object();
     const json_t *role = json_object_get(d, "role");
     if (json_is_string(role)) {
-        json_object_set_new(out, "role", json_string("assistant"));
+        json_object_set_new_nocheck(out, "role", json_string_nocheck("assistant"));
         st->sent_role = true;
     }
     json_t *content = json_object_get(d, "content");
     if (!content && !d)
         content = json_object_get(ch, "text");
     if (json_is_string(content)) {
-        json_object_set(out, "content", content);
+        json_object_set_nocheck(out, "content", content);
         st->content_chars += (int64_t)json_string_length(content);
     } else if (json_is_null(content)) {
-        json_object_set_new(out, "content", json_null());
+        json_object_set_new_nocheck(out, "content", json_null());
     }
     copy_if(out, d, "refusal", T_STR | T_NULL);
     copy_if(out, d, "tool_calls", T_ARR);
@@ -228,7 +242,7 @@ static json_t *norm_delta(const json_t *ch, struct tg_stream_state *st)
     for (size_t k = 0; k < 2; k++) {
         json_t *r = json_object_get(d, reasoning_keys[k]);
         if (json_is_string(r)) {
-            json_object_set(out, reasoning_keys[k], r);
+            json_object_set_nocheck(out, reasoning_keys[k], r);
             st->content_chars += (int64_t)json_string_length(r);
         }
     }
