@@ -8,12 +8,18 @@ by tens of percent between runs, and a change worth 5% is lost in that; counts a
   instr     user-space instructions per request, every thread: the gateway under valgrind
             (callgrind), its counters zeroed after a warm-up and dumped after N sequential
             requests (callgrind_control), and the functions that take the most (inclusive)
+With --streams, the same for relayed stream chunks, in a second table:
+  stream instr  user-space instructions per relayed chunk: S streams of C chunks 10 ms apart
+            under callgrind (zeroed after a warm-up stream, dumped when all have ended),
+            divided by S x C (each stream's start and end included, spread over its chunks)
+  open      system calls per chunk and CPU with N open streams at one chunk a second (perf
+            stat over 8 s once every stream is open; --open N)
 For one or more git refs (each built once into bench/build/ab-<sha>/, as ab.py does) or a
 binary (--binary PATH). Everything listens on 127.0.0.1; every process it starts is stopped by
 PID.
 
   bench/cost.py REF [REF ...] [--rounds 3] [--seconds 5] [--requests 2000] [--no-instr] [--top 12]
-                [--out bench/results/cost.md]
+                [--streams 20 --chunks 200 --open 2000] [--out bench/results/cost.md]
 
 Needs perf (linux-perf) for the system calls and valgrind for the instructions; a part whose
 tool is missing is skipped with a note. The mock comes from bench/build (bench/run.sh)."""
@@ -79,6 +85,80 @@ def syscalls(binary, work, mock_port, conns, seconds):
     return r
 
 
+def stream_cmd(port, key, streams, chunks, interval_ms, ramp_ms=200, drain_s=120):
+    return [os.path.join(BUILD, "stream_client"), "--port", str(port), "--streams", str(streams),
+            "--requests", str(streams), "--model", "bench/echo-1", "--chunks", str(chunks),
+            "--interval-ms", str(interval_ms), "--ramp-ms", str(ramp_ms), "--drain-s",
+            str(drain_s), "--header", f"Authorization: Bearer {key}"]
+
+
+def run_streams(cmd, timeout):
+    """Run stream_client; its SC figures as a dict. Raises unless every stream completed."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+    m = re.search(r"^SC (.*)$", out, re.M)
+    if not m:
+        raise RuntimeError("stream_client printed no SC line:\n" + out[-1000:])
+    sc = dict(kv.split("=", 1) for kv in m.group(1).split())
+    if sc["complete"] != sc["started"] or sc["chunks"] != sc["chunks_expected"]:
+        raise RuntimeError(f"streams incomplete: {m.group(1)}")
+    return sc
+
+
+def open_streams(binary, work, mock_port, n):
+    """{figure: per-chunk value} with n streams open at one chunk a second: system calls
+    (perf stat over 8 s once every stream is open) and the gateway's CPU in that window."""
+    gw, port, key = start_gateway(binary, work, mock_port)
+    out = os.path.join(work, "perfopen.csv")
+    try:
+        run_streams(stream_cmd(port, key, 4, 5, 10), 60)   # warm-up
+        sc = subprocess.Popen(stream_cmd(port, key, n, 20, 1000, ramp_ms=3000), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(6)   # ramp (3 s) and every stream's first chunk
+        events = ",".join([f"syscalls:sys_enter_{s}" for s in SYSCALLS + ["ioctl"]] +
+                          ["context-switches"])
+        t0 = cpu_ticks(gw.pid)
+        subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(gw.pid), "-o", out,
+                        "--", "sleep", "8"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        ticks = cpu_ticks(gw.pid) - t0
+        sc.wait(timeout=120)
+    finally:
+        stop(gw)
+    chunks = n * 8.0   # one a second per stream over the 8 s window
+    r = {"CPU % of a core": ticks / os.sysconf("SC_CLK_TCK") / 8.0 * 100,
+         "CPU µs/chunk": ticks / os.sysconf("SC_CLK_TCK") * 1e6 / chunks}
+    with open(out) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) < 3 or not fields[0].replace(".", "").isdigit():
+                continue
+            r[fields[2].replace("syscalls:sys_enter_", "")] = float(fields[0]) / chunks
+    r["syscalls (listed)"] = sum(r.get(s, 0.0) for s in SYSCALLS + ["ioctl"])
+    return r
+
+
+def stream_instructions(binary, work, mock_port, streams, chunks, top):
+    """(Ir per relayed chunk, [(Ir per chunk, function)]): streams streams of chunks chunks,
+    10 ms apart, under callgrind, zeroed after a warm-up and dumped once every stream ended."""
+    prefix = os.path.join(work, "cgs.out")
+    for f in glob.glob(prefix + "*"):
+        os.unlink(f)
+    gw, port, key = start_gateway(binary, work, mock_port, prefix=[
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p",
+        "--dump-instr=no", "--collect-atstart=yes"])
+    try:
+        run_streams(stream_cmd(port, key, 4, 20, 10), 120)   # warm-up
+        subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        run_streams(stream_cmd(port, key, streams, chunks, 10), 600)
+        subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        stop(gw)
+    ir, _, funcs = annotate(prefix, streams * chunks, top)
+    return ir, funcs
+
+
 def chat_requests(port, key, n):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(n):
@@ -110,6 +190,12 @@ def instructions(binary, work, mock_port, requests, top):
                        stdout=subprocess.DEVNULL)
     finally:
         stop(gw)
+    return annotate(prefix, requests, top)
+
+
+def annotate(prefix, units, top):
+    """(Ir per unit, {thread: Ir per unit}, [(Ir per unit, function)]) from the callgrind
+    dump at prefix.*."""
     dumps = sorted(f for f in glob.glob(prefix + ".*") if re.search(r"\.\d+\.\d+$", f))
     if not dumps:
         raise RuntimeError("callgrind wrote no dump")
@@ -121,7 +207,7 @@ def instructions(binary, work, mock_port, requests, top):
     for label, fn in (("event loops", "engine_main"), ("ledger writer", "writer_main"),
                       ("checkpointer", "checkpoint_main")):
         m = re.search(r"^\s*([\d,]+)\s+\([\d. ]+%\)\s+\S*:" + fn + r"\b", ann, re.M)
-        threads[label] = int(m.group(1).replace(",", "")) / requests if m else 0.0
+        threads[label] = int(m.group(1).replace(",", "")) / units if m else 0.0
     funcs = []
     for m in re.finditer(r"^\s*([\d,]+)\s+\([\d. ]+%\)\s+(\S+)", ann, re.M):
         name = m.group(2)
@@ -130,10 +216,10 @@ def instructions(binary, work, mock_port, requests, top):
         name = name.split(":", 1)[-1]
         if name.startswith("0x"):
             continue   # a stripped library's internal function: no name to report
-        funcs.append((int(m.group(1).replace(",", "")) / requests, name))
+        funcs.append((int(m.group(1).replace(",", "")) / units, name))
         if len(funcs) >= top:
             break
-    return total / requests, threads, funcs
+    return total / units, threads, funcs
 
 
 def main():
@@ -148,13 +234,19 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--no-instr", action="store_true")
+    ap.add_argument("--streams", type=int, default=0,
+                    help="also count instructions per relayed chunk: S streams under callgrind")
+    ap.add_argument("--chunks", type=int, default=200, help="chunks per stream for --streams")
+    ap.add_argument("--open", type=int, default=0,
+                    help="also count system calls per chunk with N streams open (1 chunk/s)")
     ap.add_argument("--out", default=os.path.join(BENCH, "results", "cost.md"),
                     help="also write the report here ('' for none)")
     args = ap.parse_args()
     if not os.access(os.path.join(BUILD, "fast_mock"), os.X_OK):
         sys.exit("cost: bench/build/fast_mock is missing: run bench/run.sh --quick once first")
+    binaries = [os.path.abspath(b) for b in args.binary]   # the gateway runs in a work dir
     builds = [build(r) for r in args.refs] + [(os.path.basename(os.path.dirname(b)) or b, b)
-                                              for b in args.binary]
+                                              for b in binaries]
     if not builds:
         sys.exit("cost: name at least one git ref or --binary")
     have_perf = shutil.which("perf") is not None
@@ -167,6 +259,8 @@ def main():
     mock = None
     table = {}      # figure -> {sha: value}
     tops = {}
+    chunk_table = {}   # figure -> {sha: value}, per relayed chunk
+    chunk_tops = {}
     try:
         mock, mport = start_mock(work)
         samples = {}   # (figure, sha) -> [value per round]
@@ -187,6 +281,21 @@ def main():
                 for label, v in threads.items():
                     table.setdefault(f"instructions: {label}", {})[sha] = v
                 tops[sha] = funcs
+            if have_vg and args.streams:
+                log(f"{sha}: instructions, {args.streams} streams of {args.chunks} chunks under"
+                    " callgrind")
+                ir, funcs = stream_instructions(binary, work, mport, args.streams, args.chunks,
+                                                args.top)
+                chunk_table.setdefault("instructions per relayed chunk (user space)", {})[sha] = ir
+                chunk_tops[sha] = funcs
+        for rnd in range(args.rounds if have_perf and args.open else 0):
+            for sha, binary in (builds if rnd % 2 == 0 else builds[::-1]):
+                log(f"round {rnd + 1}, {sha}: {args.open} open streams")
+                for k, v in open_streams(binary, work, mport, args.open).items():
+                    samples.setdefault((f"{args.open} open streams: {k}", sha), []).append(v)
+        for (fig, sha), vals in samples.items():
+            if "open streams" in fig:
+                chunk_table.setdefault(fig, {})[sha] = statistics.median(vals)
     finally:
         if mock:
             stop(mock)
@@ -200,10 +309,21 @@ def main():
             fmt = "{:,.1f}"
         lines.append(f"| {fig} | " + " | ".join(fmt.format(cells[s]) if s in cells else "-"
                                                  for s in shas) + " |")
+    if chunk_table:
+        lines += ["", "| figure, per relayed chunk | " + " | ".join(shas) + " |",
+                  "|---|" + "---|" * len(shas)]
+        for fig, cells in chunk_table.items():
+            fmt = "{:,.0f}" if "instructions" in fig else "{:,.2f}" if "CPU" not in fig \
+                else "{:,.1f}"
+            lines.append(f"| {fig} | " + " | ".join(fmt.format(cells[s]) if s in cells else "-"
+                                                     for s in shas) + " |")
     for sha in shas:
         if sha in tops:
             lines.append(f"\n{sha}: instructions per request, inclusive, named functions\n")
             lines += [f"    {ir:>10,.0f}  {name}" for ir, name in tops[sha]]
+        if sha in chunk_tops:
+            lines.append(f"\n{sha}: instructions per relayed chunk, inclusive, named functions\n")
+            lines += [f"    {ir:>10,.0f}  {name}" for ir, name in chunk_tops[sha]]
     report = "\n".join(lines) + "\n"
     print(report, end="")
     if args.out:

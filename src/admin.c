@@ -201,6 +201,7 @@ static enum MHD_Result start_export(struct tg_admin_job *j)
         close(fds[1]);
         return send_error(j->conn, 500, "server_error", NULL, NULL, "cannot start the export");
     }
+    pthread_setname_np(t, "tg-export");
     pthread_detach(t);
     /* the response reads the pipe as the export writes it: rows stream, memory stays flat */
     struct MHD_Response *r = MHD_create_response_from_pipe(fds[0]);

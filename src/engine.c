@@ -669,6 +669,11 @@ struct tg_engine *tg_engine_new(const struct tg_engine_front *front, char *err, 
         snprintf(err, errlen, "engine: cannot start its thread");
         goto fail;
     }
+    /* named for top -H, perf and gdb: tg-loop-0, tg-loop-1, ... */
+    static atomic_uint loops_named;
+    char name[16];
+    snprintf(name, sizeof name, "tg-loop-%u", atomic_fetch_add(&loops_named, 1) % 1000);
+    pthread_setname_np(e->thread, name);
     return e;
 fail:
     if (e->epfd >= 0)

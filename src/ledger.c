@@ -538,15 +538,18 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
         goto fail;
     }
     lg->writer_started = true;
+    pthread_setname_np(lg->writer, "tg-ledger");
     /* best effort: without it the writer's own (rarer) auto-checkpoints still bound the WAL */
     /* the connection must have read the database once to see its WAL at all */
     if (sqlite3_open_v2(path, &lg->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
             SQLITE_OK &&
         sqlite3_exec(lg->ckpt_db, "PRAGMA journal_mode", NULL, NULL, NULL) == SQLITE_OK &&
-        pthread_create(&lg->checkpointer, NULL, checkpoint_main, lg) == 0)
+        pthread_create(&lg->checkpointer, NULL, checkpoint_main, lg) == 0) {
         lg->ckpt_started = true;
-    else
+        pthread_setname_np(lg->checkpointer, "tg-checkpoint");
+    } else {
         tg_warn("ledger: no background checkpointer; commits will checkpoint themselves");
+    }
     return lg;
 
 fail:

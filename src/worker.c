@@ -434,6 +434,7 @@ int tg_workers_start(struct tg_gateway *gw, char *err, size_t errlen)
             return TG_ERR_IO;
         }
         w->thread_started = true;
+        pthread_setname_np(w->thread, "tg-worker");
         tg_info("worker %s: %s, health %s", pc->name,
                 pc->worker.command ? "supervised" : "health-checked only", pc->worker.health_url);
     }

@@ -54,6 +54,7 @@ struct tg_workpool *tg_workpool_new(unsigned nthreads, size_t max_queue)
     for (unsigned i = 0; i < nthreads && i < 16; i++) {
         if (pthread_create(&p->threads[i], NULL, run, p) != 0)
             break;
+        pthread_setname_np(p->threads[i], "tg-pool");
         p->n++;
     }
     if (p->n == 0) {
