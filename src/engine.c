@@ -211,7 +211,7 @@ static size_t on_write(char *buf, size_t size, size_t n, void *ud)
  * The whole-attempt limit is here rather than libcurl's CURLOPT_TIMEOUT_MS: a transfer with a
  * timeout keeps a node in the multi handle's splay tree of timers, re-keyed on every socket
  * event. With thousands of open streams per loop that tree walk, over nodes spread across
- * thousands of easy handles, was a sixth of libcurl's time per relayed chunk (perf). */
+ * thousands of easy handles, was a quarter of libcurl's time per relayed chunk (perf). */
 static bool past_deadline(struct tg_request *r, long long now)
 {
     const struct tg_provider_conf *pc = r->plan.c[r->cand].pc;
