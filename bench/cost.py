@@ -74,14 +74,21 @@ def syscalls(binary, work, mock_port, conns, seconds):
     n = max(1, w["requests"])
     r = {"req/s": w["requests"] / (w["duration_us"] / 1e6),
          "CPU µs/req": ticks / os.sysconf("SC_CLK_TCK") * 1e6 / n}
-    with open(out) as f:
+    r.update(perf_counts(out, n, SYSCALLS))
+    return r
+
+
+def perf_counts(path, units, listed):
+    """perf stat's CSV output at path: {event: count per unit}, the syscall tracepoints by
+    their call's name, and "syscalls (listed)", the sum over listed."""
+    r = {}
+    with open(path) as f:
         for line in f:
             fields = line.strip().split(",")
             if len(fields) < 3 or not fields[0].replace(".", "").isdigit():
                 continue
-            name = fields[2].replace("syscalls:sys_enter_", "")
-            r[name] = float(fields[0]) / n
-    r["syscalls (listed)"] = sum(r.get(s, 0.0) for s in SYSCALLS)
+            r[fields[2].replace("syscalls:sys_enter_", "")] = float(fields[0]) / units
+    r["syscalls (listed)"] = sum(r.get(s, 0.0) for s in listed)
     return r
 
 
@@ -127,35 +134,17 @@ def open_streams(binary, work, mock_port, n):
     chunks = n * 8.0   # one a second per stream over the 8 s window
     r = {"CPU % of a core": ticks / os.sysconf("SC_CLK_TCK") / 8.0 * 100,
          "CPU µs/chunk": ticks / os.sysconf("SC_CLK_TCK") * 1e6 / chunks}
-    with open(out) as f:
-        for line in f:
-            fields = line.strip().split(",")
-            if len(fields) < 3 or not fields[0].replace(".", "").isdigit():
-                continue
-            r[fields[2].replace("syscalls:sys_enter_", "")] = float(fields[0]) / chunks
-    r["syscalls (listed)"] = sum(r.get(s, 0.0) for s in SYSCALLS + ["ioctl"])
+    r.update(perf_counts(out, chunks, SYSCALLS + ["ioctl"]))
     return r
 
 
 def stream_instructions(binary, work, mock_port, streams, chunks, top):
     """(Ir per relayed chunk, [(Ir per chunk, function)]): streams streams of chunks chunks,
     10 ms apart, under callgrind, zeroed after a warm-up and dumped once every stream ended."""
-    prefix = os.path.join(work, "cgs.out")
-    for f in glob.glob(prefix + "*"):
-        os.unlink(f)
-    gw, port, key = start_gateway(binary, work, mock_port, prefix=[
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p",
-        "--dump-instr=no", "--collect-atstart=yes"])
-    try:
-        run_streams(stream_cmd(port, key, 4, 20, 10), 120)   # warm-up
-        subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True,
-                       stdout=subprocess.DEVNULL)
-        run_streams(stream_cmd(port, key, streams, chunks, 10), 600)
-        subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True,
-                       stdout=subprocess.DEVNULL)
-    finally:
-        stop(gw)
-    ir, _, funcs = annotate(prefix, streams * chunks, top)
+    ir, _, funcs = under_callgrind(
+        binary, work, mock_port, streams * chunks, top,
+        lambda port, key: run_streams(stream_cmd(port, key, 4, 20, 10), 120),
+        lambda port, key: run_streams(stream_cmd(port, key, streams, chunks, 10), 600))
     return ir, funcs
 
 
@@ -175,6 +164,14 @@ def instructions(binary, work, mock_port, requests, top):
     """(Ir per request, {thread: Ir per request}, [(Ir per request, function)]) for requests
     sequential requests. The threads: the event loops' path (engine_main), the ledger
     writer and the checkpointer, whose share depends on how requests fell into batches."""
+    return under_callgrind(binary, work, mock_port, requests, top,
+                           lambda port, key: chat_requests(port, key, 200),
+                           lambda port, key: chat_requests(port, key, requests))
+
+
+def under_callgrind(binary, work, mock_port, units, top, warm_up, measured):
+    """The gateway under callgrind: warm_up(port, key), counters zeroed, measured(port, key),
+    counters dumped; annotate's figures per unit."""
     prefix = os.path.join(work, "cg.out")
     for f in glob.glob(prefix + "*"):
         os.unlink(f)
@@ -182,15 +179,15 @@ def instructions(binary, work, mock_port, requests, top):
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p",
         "--dump-instr=no", "--collect-atstart=yes"])
     try:
-        chat_requests(port, key, 200)   # warm-up
+        warm_up(port, key)
         subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True,
                        stdout=subprocess.DEVNULL)
-        chat_requests(port, key, requests)
+        measured(port, key)
         subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True,
                        stdout=subprocess.DEVNULL)
     finally:
         stop(gw)
-    return annotate(prefix, requests, top)
+    return annotate(prefix, units, top)
 
 
 def annotate(prefix, units, top):
