@@ -2,10 +2,9 @@
  * written once per bucket before its commit (see ledger_rollup.h for why). */
 #include "ledger_rollup.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <stdbool.h>
 
 #include "tollgate/status.h"
 
