@@ -5,7 +5,9 @@
  * connection, not a thread. */
 #include "server.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -436,7 +438,7 @@ static void front_run(void *ud)
         /* on the loop's own thread, between two MHD_run calls, as external mode wants */
         MHD_socket s = MHD_quiesce_daemon(f->d);
         if (s != MHD_INVALID_SOCKET)
-            close(s);   /* our dup: the socket closes once every loop let go of it */
+            close(s);   /* this loop's own listening socket (SO_REUSEPORT) */
         atomic_store(&f->quiesced, true);
     }
     MHD_run(f->d);
@@ -474,21 +476,15 @@ static unsigned loop_count(const struct tg_gateway *gw)
     return n > 64 ? 64 : n;
 }
 
+/* A daemon listening on its own socket bound to sa (with SO_REUSEPORT: see tg_server_start). */
 static struct MHD_Daemon *start_daemon(struct tg_gateway *gw, unsigned flags,
-                                       const struct sockaddr *sa, MHD_socket listen_fd)
+                                       const struct sockaddr *sa)
 {
-    /* Where to listen: bind sa, or accept from listen_fd. An option array, so each value
-     * goes in with its own type (a socket is an int, an address a pointer). */
-    struct MHD_OptionItem where[] = {
-        sa ? (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, (void *)sa}
-           : (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, (intptr_t)listen_fd, NULL},
-        {MHD_OPTION_END, 0, NULL},
-    };
     /* no internal thread: the loop that owns the daemon runs it (tg_engine_front) */
     return MHD_start_daemon(
         flags, gw->cfg.listen_port, NULL, NULL, on_request, gw,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,   /* first: logs the options below */
-        MHD_OPTION_ARRAY, where,
+        MHD_OPTION_SOCK_ADDR, sa,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
@@ -522,23 +518,35 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    /* The first daemon binds and listens; the others accept from the same socket. */
-    gw->mhd[0] = start_daemon(gw, flags, ai->ai_addr, MHD_INVALID_SOCKET);
+    /* Every loop listens on a socket of its own, all bound to the one address with
+     * SO_REUSEPORT (MHD_OPTION_LISTENING_ADDRESS_REUSE), and the kernel hands each new
+     * connection to one of them. Why: when the loops shared one socket, every loop's epoll
+     * watched it and each new connection woke all of them, n - 1 for nothing (an accept4
+     * that failed with EAGAIN, or nothing at all); a client opening a connection per request
+     * paid that on every request. The first daemon binds the configured port (0: one the
+     * kernel picks), the others that same port. */
+    struct sockaddr_storage addr;
+    socklen_t addrlen = ai->ai_addrlen <= sizeof addr ? (socklen_t)ai->ai_addrlen : 0;
+    memcpy(&addr, ai->ai_addr, addrlen);
     freeaddrinfo(ai);
+    gw->mhd[0] = addrlen ? start_daemon(gw, flags, (struct sockaddr *)&addr) : NULL;
     if (!gw->mhd[0]) {
         snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)",
                  gw->cfg.listen_host, gw->cfg.listen_port);
         goto fail;
     }
     gw->n_loops = n;
-    const union MHD_DaemonInfo *li = MHD_get_daemon_info(gw->mhd[0], MHD_DAEMON_INFO_LISTEN_FD);
+    const union MHD_DaemonInfo *bp = MHD_get_daemon_info(gw->mhd[0], MHD_DAEMON_INFO_BIND_PORT);
+    uint16_t port_be = htons(bp ? bp->port : gw->cfg.listen_port);
+    if (addr.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&addr)->sin6_port = port_be;
+    else
+        ((struct sockaddr_in *)&addr)->sin_port = port_be;
     for (unsigned i = 1; i < n; i++) {
-        int fd = li ? dup(li->listen_fd) : -1;
-        gw->mhd[i] = fd >= 0 ? start_daemon(gw, flags, NULL, fd) : NULL;
+        gw->mhd[i] = start_daemon(gw, flags, (struct sockaddr *)&addr);
         if (!gw->mhd[i]) {
-            if (fd >= 0)
-                close(fd);
-            snprintf(err, errlen, "cannot start HTTP loop %u of %u", i + 1, n);
+            snprintf(err, errlen, "cannot start HTTP loop %u of %u on %s:%u", i + 1, n,
+                     gw->cfg.listen_host, (unsigned)ntohs(port_be));
             goto fail;
         }
     }

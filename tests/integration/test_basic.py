@@ -4,7 +4,9 @@ the tollgate headers, /v1/models, /v1/models/{id} and /healthz."""
 import json
 import os
 import re
+import socket
 import subprocess
+import time
 import unittest
 
 import harness as H
@@ -258,6 +260,43 @@ class LoopsUnderLoad(H.GatewayTestCase):
         self.assertEqual((sc["ok"], sc["non2xx"], sc["errors"]), (str(n), "0", "0"), sc)
         self.assertLess(int(sc["lat_max"]), 750000, "slowest answer %s us (p99 %s us)" %
                         (sc["lat_max"], sc["lat_p99"]))
+
+
+    def loop_wakeups(self):
+        """Voluntary context switches of the daemon's event-loop threads (tg-loop-N), summed:
+        one for each time a loop went back to sleep after waking. And how many loops."""
+        total, loops = 0, 0
+        task_dir = "/proc/%d/task" % self.gw.proc.proc.pid
+        for tid in os.listdir(task_dir):
+            try:
+                with open(os.path.join(task_dir, tid, "comm")) as f:
+                    if not f.read().startswith("tg-loop-"):
+                        continue
+                with open(os.path.join(task_dir, tid, "status")) as f:
+                    status = f.read()
+            except FileNotFoundError:
+                continue
+            loops += 1
+            total += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        return total, loops
+
+    def test_new_connection_wakes_one_loop(self):
+        # Each loop listens on its own socket (SO_REUSEPORT), so a new connection wakes the
+        # one loop the kernel gives it to: about two wake-ups per connection opened and
+        # closed (the accept, the close). On one shared socket all six loops woke for each
+        # (seven or more per connection).
+        n = 40
+        before, loops = self.loop_wakeups()
+        self.assertEqual(loops, 6)
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=5)
+            time.sleep(0.005)
+            s.close()
+            time.sleep(0.005)
+        time.sleep(0.2)
+        after, _ = self.loop_wakeups()
+        self.assertLess(after - before, 4 * n,
+                        "%d loop wake-ups for %d connections" % (after - before, n))
 
 
 class Models(H.GatewayTestCase):
