@@ -6,6 +6,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -494,6 +496,23 @@ static struct MHD_Daemon *start_daemon(struct tg_gateway *gw, unsigned flags,
         MHD_OPTION_END);
 }
 
+/* Whether something already listens on sa. The loops bind with SO_REUSEPORT (see
+ * tg_server_start), which lets a second tollgate (or anything else of ours with that option)
+ * bind a port already served and silently take part of its connections; a probe bound with
+ * only SO_REUSEADDR fails exactly when a socket listens there (connections left in TIME_WAIT
+ * by a previous run do not count), so a port in use is refused as before. */
+static bool address_in_use(const struct sockaddr *sa, socklen_t len)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;   /* cannot tell: let the real bind decide */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    bool in_use = bind(fd, sa, len) != 0 && errno == EADDRINUSE;
+    close(fd);
+    return in_use;
+}
+
 int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -529,6 +548,12 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
     socklen_t addrlen = ai->ai_addrlen <= sizeof addr ? (socklen_t)ai->ai_addrlen : 0;
     memcpy(&addr, ai->ai_addr, addrlen);
     freeaddrinfo(ai);
+    if (gw->cfg.listen_port != 0 && addrlen &&
+        address_in_use((struct sockaddr *)&addr, addrlen)) {
+        snprintf(err, errlen, "cannot listen on %s:%u: address in use (another process"
+                 " listens there)", gw->cfg.listen_host, gw->cfg.listen_port);
+        goto fail;
+    }
     gw->mhd[0] = addrlen ? start_daemon(gw, flags, (struct sockaddr *)&addr) : NULL;
     if (!gw->mhd[0]) {
         snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)",

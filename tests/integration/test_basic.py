@@ -299,6 +299,19 @@ class LoopsUnderLoad(H.GatewayTestCase):
                         "%d loop wake-ups for %d connections" % (after - before, n))
 
 
+    def test_second_daemon_on_the_port_is_refused(self):
+        # The loops' sockets use SO_REUSEPORT, which would let a second daemon bind the same
+        # port and quietly take part of the connections: it must fail instead, and say why.
+        ledger = os.path.join(self.env.dir, "second-ledger.db")
+        p = subprocess.run([self.env.tg_bin, "serve", "--config", self.gw.config_path,
+                            "--listen", "127.0.0.1:%d" % self.gw.port, "--ledger", ledger],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=30)
+        self.assertNotEqual(p.returncode, 0, p.stderr)
+        self.assertIn("address in use", p.stderr)
+        self.assertEqual(self.gw.chat(H.chat_body()).status, 200)   # the first serves on
+
+
 class Models(H.GatewayTestCase):
 
     def check_model_entry(self, entry, cat_model):
