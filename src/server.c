@@ -544,17 +544,16 @@ int tg_server_start(struct tg_gateway *gw, char *err, size_t errlen)
      * that failed with EAGAIN, or nothing at all); a client opening a connection per request
      * paid that on every request. The first daemon binds the configured port (0: one the
      * kernel picks), the others that same port. */
-    struct sockaddr_storage addr;
-    socklen_t addrlen = ai->ai_addrlen <= sizeof addr ? (socklen_t)ai->ai_addrlen : 0;
+    struct sockaddr_storage addr;   /* holds any address getaddrinfo returns */
+    socklen_t addrlen = (socklen_t)ai->ai_addrlen;
     memcpy(&addr, ai->ai_addr, addrlen);
     freeaddrinfo(ai);
-    if (gw->cfg.listen_port != 0 && addrlen &&
-        address_in_use((struct sockaddr *)&addr, addrlen)) {
+    if (gw->cfg.listen_port != 0 && address_in_use((struct sockaddr *)&addr, addrlen)) {
         snprintf(err, errlen, "cannot listen on %s:%u: address in use (another process"
                  " listens there)", gw->cfg.listen_host, gw->cfg.listen_port);
         goto fail;
     }
-    gw->mhd[0] = addrlen ? start_daemon(gw, flags, (struct sockaddr *)&addr) : NULL;
+    gw->mhd[0] = start_daemon(gw, flags, (struct sockaddr *)&addr);
     if (!gw->mhd[0]) {
         snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)",
                  gw->cfg.listen_host, gw->cfg.listen_port);
