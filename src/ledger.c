@@ -39,16 +39,16 @@
  * journal for a reader of the file. */
 #define GATHER_US 5000
 
-/* The checkpointer copies the WAL back once it holds this many frames (1 MiB of 1 KiB
- * pages); the writer checkpoints itself only past WAL_BACKSTOP_FRAMES (64 MiB of 1 KiB
- * pages; 256 MiB for a ledger created with 4 KiB pages by an older tollgate), should the
- * checkpointer fall behind or be missing. */
-#define CKPT_MIN_FRAMES 1024
+/* The checkpointer copies the WAL back once it holds CKPT_MIN_BYTES; the writer
+ * checkpoints itself only past WAL_BACKSTOP_BYTES, should the checkpointer fall behind or
+ * be missing. In frames of the ledger's own page size (4 KiB, or 1 KiB for a ledger
+ * created by an older tollgate), worked out at open. */
+#define CKPT_MIN_BYTES (1 << 20)
 /* Small, frequent checkpoints: each one's fsync (and the writer's WAL-restart sync after
  * it) stalls the commits around it for less (1-connection p99 in bench/: 250 ms 1.3-1.8
  * ms, 100 ms 0.87-1.1 ms, 50 ms 0.76-0.82 ms; 1 s: 2-10 ms; the same rate at 64). */
 #define CKPT_PERIOD_MS 50
-#define WAL_BACKSTOP_FRAMES 65536
+#define WAL_BACKSTOP_BYTES (64 << 20)
 
 enum op_kind { OP_INSERT, OP_SETTLE, OP_MARK_DISCONNECTED };
 
@@ -114,11 +114,13 @@ struct tg_ledger {
 
     /* The checkpointer: WAL pages are copied back (and synced) on this thread, so the
      * writer's commits never stall behind a checkpoint's fsync. It looks every
-     * CKPT_PERIOD_MS and runs only once the WAL holds CKPT_MIN_FRAMES: the first commit
+     * CKPT_PERIOD_MS and runs only once the WAL holds ckpt_min_frames: the first commit
      * after a complete checkpoint starts the WAL over, and that commit pays an fdatasync
      * of the WAL header, so at a trickle of requests frequent checkpoints would put that
      * sync in front of one commit in a handful. */
     atomic_int wal_frames;         /* frames in the WAL after the writer's last commit */
+    int ckpt_min_frames;           /* CKPT_MIN_BYTES in this ledger's pages */
+    int backstop_frames;           /* WAL_BACKSTOP_BYTES in this ledger's pages */
     sqlite3 *ckpt_db;
     pthread_t checkpointer;
     bool ckpt_started;
@@ -457,7 +459,7 @@ static void *checkpoint_main(void *arg)
         pthread_cond_timedwait(&lg->ckpt_cv, &lg->mu, &ts);
         if (lg->closing)
             break;
-        if (atomic_load(&lg->wal_frames) < CKPT_MIN_FRAMES)
+        if (atomic_load(&lg->wal_frames) < lg->ckpt_min_frames)
             continue;
         pthread_mutex_unlock(&lg->mu);
         /* PASSIVE: copies what no reader still needs, never waits, never blocks the writer */
@@ -474,9 +476,21 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
 {
     struct tg_ledger *lg = arg;
     atomic_store(&lg->wal_frames, frames);
-    if (frames >= WAL_BACKSTOP_FRAMES)
+    if (frames >= lg->backstop_frames)
         sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     return SQLITE_OK;
+}
+
+/* The database's page size (a WAL frame holds one page); 4096 if it cannot be read. */
+static int page_size_of(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int size = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        size = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return size > 0 ? size : 4096;
 }
 
 static void ledger_destroy(struct tg_ledger *lg)
@@ -528,6 +542,9 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
     }
     if (tg_ledger_recover(&lg->store, lg->journal, path, &lg->next_id, err, errlen) != TG_OK)
         goto fail;
+    int page = page_size_of(lg->store.db);
+    lg->ckpt_min_frames = CKPT_MIN_BYTES / page;
+    lg->backstop_frames = WAL_BACKSTOP_BYTES / page;
     sqlite3_wal_hook(lg->store.db, on_wal_commit, lg);
     if (lg->store.interrupted_at_open > 0)
         tg_warn("ledger: %s: %lld reservation(s) left by a crash marked interrupted",
