@@ -863,3 +863,8 @@ int tg_ledger_test_synchronous(const struct tg_ledger *lg)
 {
     return lg->store.synchronous;
 }
+
+int tg_ledger_test_checkpoint_frames(const struct tg_ledger *lg)
+{
+    return lg->ckpt_min_frames;
+}

@@ -22,4 +22,8 @@ void tg_ledger_test_set_queue_max(struct tg_ledger *lg, unsigned queue_max);
 /* PRAGMA synchronous as read back at open (1 = NORMAL, 2 = FULL). */
 int tg_ledger_test_synchronous(const struct tg_ledger *lg);
 
+/* The WAL size, in frames, at which the checkpointer copies the WAL back (1 MiB in the
+ * ledger's own pages). */
+int tg_ledger_test_checkpoint_frames(const struct tg_ledger *lg);
+
 #endif

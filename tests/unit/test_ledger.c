@@ -198,6 +198,10 @@ static void test_schema(void **state)
     sqlite3 *db = reader(f->path);
     char buf[64];
     assert_string_equal(q_text(db, "PRAGMA journal_mode", buf, sizeof buf), "wal");
+    /* 4 KiB pages: a WAL frame (two writes, and a read and a write to checkpoint) carries
+     * four times what 1 KiB pages did; the checkpoint threshold is 1 MiB of them */
+    assert_int_equal(q_int(db, "PRAGMA page_size"), 4096);
+    assert_int_equal(tg_ledger_test_checkpoint_frames(lg), 256);
     assert_string_equal(q_text(db, "SELECT value FROM meta WHERE key='schema_version'",
                                buf, sizeof buf), "1");
     assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('requests')"), 30);
@@ -1067,6 +1071,33 @@ static uint64_t reserve_settle(const char *path, bool together, int variant)
 
 /* A reserve and its settlement in the same batch are written as one insert of the settled
  * row: the same row, chain and rollup as an insert and then an update. */
+/* A ledger created with 1 KiB pages (by an older tollgate) keeps them, is written and
+ * verified as before, and checkpoints at the same 1 MiB of WAL. */
+static void test_small_pages_kept(void **state)
+{
+    struct fixture *f = *state;
+    exec_sql(f->path, "PRAGMA page_size = 1024; CREATE TABLE t (x); DROP TABLE t");
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    assert_int_equal(tg_ledger_test_checkpoint_frames(lg), 1024);
+    struct ack a = {0}, b = {0};
+    struct tg_ledger_entry e, s;
+    entry(&e, "small-1");
+    assert_int_equal(tg_ledger_insert_eager(lg, &e, record_ack, &a), TG_OK);
+    tg_ledger_flush(lg);
+    assert_int_equal(a.st, TG_OK);
+    settlement(&s, "small-1");
+    assert_int_equal(tg_ledger_settle_eager(lg, a.row_id, &s, record_ack, &b), TG_OK);
+    tg_ledger_close(lg);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.st, TG_OK);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "PRAGMA page_size"), 1024);
+    assert_int_equal(q_int(db, "SELECT cost_nano FROM requests WHERE request_id='small-1'"),
+                     13500);
+    sqlite3_close(db);
+    assert_intact(f->path, 1);
+}
+
 static void test_settle_in_same_batch(void **state)
 {
     struct fixture *f = *state;
@@ -2217,6 +2248,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_entry_init_and_names),
         cmocka_unit_test_setup_teardown(test_schema, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_small_pages_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserve_then_settle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollup_summed_per_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_settle_in_same_batch, setup, teardown),
