@@ -46,11 +46,27 @@ class BasicChat(H.GatewayTestCase):
         self.assertEqual(e["provider"], provider)
         self.assertEqual(e["path"], H.API_PREFIX[provider] + "/chat/completions")
         self.assertEqual(e["authorization"], "Bearer mock-%s-key" % provider)
+        self.check_upstream_headers(e, stream=False)
         body = e["body"]
         self.assertIsInstance(body, dict, e)
         self.assertEqual(body.get("model"), upstream_model, body)
         self.assertNotIn("provider", body)
         return body
+
+    def check_upstream_headers(self, e, stream):
+        """The headers of an upstream request as the mock logged them."""
+        self.assertEqual(e["user_agent"], "tollgate/0.1", e)
+        self.assertEqual(e["content_type"], "application/json", e)
+        self.assertEqual(e["accept"], "text/event-stream" if stream else "application/json", e)
+        self.assertIsNone(e["expect"], e)   # never a 100-continue round trip
+
+    def test_upstream_headers_when_streaming(self):
+        n = H.nonce("ua")
+        res = self.gw.stream(H.chat_body(text=n, stream=True))
+        self.assertEqual(res.status, 200)
+        seen = self.mock.find(n)
+        self.assertEqual(len(seen), 1, seen)
+        self.check_upstream_headers(seen[0], stream=True)
 
     def test_provider_field_each_provider(self):
         for p in H.PROVIDERS:

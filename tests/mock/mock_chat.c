@@ -608,21 +608,34 @@ static long max_tokens_of(const json_t *req)
 }
 
 /* The introspection record; status is filled in when a reply is queued. */
+static const char *header(const struct mock_call *call, const char *name)
+{
+    return MHD_lookup_connection_value(call->conn, MHD_HEADER_KIND, name);
+}
+
 static json_t *make_log_entry(const struct mock_call *call, const char *path)
 {
-    const char *auth = MHD_lookup_connection_value(call->conn, MHD_HEADER_KIND,
-                                                   MHD_HTTP_HEADER_AUTHORIZATION);
-    return json_pack("{s:s,s:s,s:s?,s:O?,s:s?,s:b,s:s,s:s?,s:n}", "provider", call->prov->name,
-                     "path", path, "authorization", auth, "body", call->req, "scenario",
-                     call->sc.name[0] ? call->sc.name : NULL, "stream", call->stream,
-                     "response_id", call->id, "x_request_id",
-                     call->request_id[0] ? call->request_id : NULL, "status");
+    json_t *e = json_pack("{s:s,s:s,s:s?,s:O?,s:s?,s:b,s:s,s:s?,s:n}", "provider",
+                          call->prov->name, "path", path, "authorization",
+                          header(call, MHD_HTTP_HEADER_AUTHORIZATION), "body", call->req,
+                          "scenario", call->sc.name[0] ? call->sc.name : NULL, "stream",
+                          call->stream, "response_id", call->id, "x_request_id",
+                          call->request_id[0] ? call->request_id : NULL, "status");
+    /* the request's other headers as the gateway sent them (null: absent) */
+    const char *names[][2] = {{"user_agent", MHD_HTTP_HEADER_USER_AGENT},
+                              {"accept", MHD_HTTP_HEADER_ACCEPT},
+                              {"content_type", MHD_HTTP_HEADER_CONTENT_TYPE},
+                              {"expect", MHD_HTTP_HEADER_EXPECT}};
+    for (size_t i = 0; e && i < sizeof names / sizeof names[0]; i++) {
+        const char *v = header(call, names[i][1]);
+        json_object_set_new(e, names[i][0], v ? json_string(v) : json_null());
+    }
+    return e;
 }
 
 static bool authorized(const struct mock_call *call)
 {
-    const char *auth = MHD_lookup_connection_value(call->conn, MHD_HEADER_KIND,
-                                                   MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *auth = header(call, MHD_HTTP_HEADER_AUTHORIZATION);
     return auth && strcmp(auth, call->prov->bearer) == 0;
 }
 
