@@ -228,7 +228,7 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
     /* 4 KiB pages for a new ledger (an existing one keeps its own). A batch of a few dozen
      * rows dirties about as many bytes either way, but every WAL frame costs the writer
      * two pwrite calls and the checkpointer a pread and a pwrite: at 64 connections 4 KiB
-     * pages take 2.5 of these system calls per request down to 0.9 (bench/cost.py). 1 KiB
+     * pages take 2.4 of these system calls per request down to 0.9 (bench/cost.py). 1 KiB
      * pages were chosen when every request committed on its own; the journal has since
      * taken commits off the request's path and batched them. */
     sqlite3_exec(st->db, "PRAGMA page_size = 4096", NULL, NULL, NULL);

@@ -607,12 +607,13 @@ static long max_tokens_of(const json_t *req)
     return json_is_integer(v) ? (long)json_integer_value(v) : 0;
 }
 
-/* The introspection record; status is filled in when a reply is queued. */
+/* A request header's value, NULL when absent. */
 static const char *header(const struct mock_call *call, const char *name)
 {
     return MHD_lookup_connection_value(call->conn, MHD_HEADER_KIND, name);
 }
 
+/* The introspection record; status is filled in when a reply is queued. */
 static json_t *make_log_entry(const struct mock_call *call, const char *path)
 {
     json_t *e = json_pack("{s:s,s:s,s:s?,s:O?,s:s?,s:b,s:s,s:s?,s:n}", "provider",

@@ -1069,8 +1069,6 @@ static uint64_t reserve_settle(const char *path, bool together, int variant)
     return commits;
 }
 
-/* A reserve and its settlement in the same batch are written as one insert of the settled
- * row: the same row, chain and rollup as an insert and then an update. */
 /* A ledger created with 1 KiB pages (by an older tollgate) keeps them, is written and
  * verified as before, and checkpoints at the same 1 MiB of WAL. */
 static void test_small_pages_kept(void **state)
@@ -1098,6 +1096,8 @@ static void test_small_pages_kept(void **state)
     assert_intact(f->path, 1);
 }
 
+/* A reserve and its settlement in the same batch are written as one insert of the settled
+ * row: the same row, chain and rollup as an insert and then an update. */
 static void test_settle_in_same_batch(void **state)
 {
     struct fixture *f = *state;
