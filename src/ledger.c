@@ -14,9 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "ledger_internal.h"
 #include "ledger_journal.h"
@@ -43,9 +41,6 @@
  * pwrite calls per request from 5 to 20 ms (bench/cost.py). Also how far SQLite may lag
  * the journal for a reader of the file. */
 #define GATHER_US 20000
-
-/* The ledger threads' nice value (lower_priority). */
-#define WORKER_NICE 5
 
 /* The checkpointer copies the WAL back once it holds CKPT_MIN_BYTES; the writer
  * checkpoints itself only past WAL_BACKSTOP_BYTES, should the checkpointer fall behind or
@@ -402,21 +397,10 @@ static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t mono_us)
     pthread_cond_timedwait(cv, mu, &ts);
 }
 
-/* The writer and the checkpointer run behind the journal: nothing waits for them but
- * readers of the SQLite file. A lower priority lets an event loop's wake-up run before them
- * on a busy core rather than after a batch's commit. Best effort. */
-static void lower_priority(void)
-{
-    if (setpriority(PRIO_PROCESS, (id_t)gettid(), WORKER_NICE) != 0) {
-        /* still correct at the default priority */
-    }
-}
-
 static void *writer_main(void *arg)
 {
     struct tg_ledger *lg = arg;
     writer_of = lg;
-    lower_priority();
     pthread_mutex_lock(&lg->mu);
     for (;;) {
         while (!lg->closing && (!lg->head || lg->paused)) {
@@ -466,7 +450,6 @@ static void *writer_main(void *arg)
 static void *checkpoint_main(void *arg)
 {
     struct tg_ledger *lg = arg;
-    lower_priority();
     pthread_mutex_lock(&lg->mu);
     while (!lg->closing) {
         struct timespec ts;
