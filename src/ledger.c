@@ -34,13 +34,10 @@
 
 /* Journaled operations need no commit to be durable, so the writer lets them gather this
  * long before it writes them (unless a plain operation waits for its acknowledgement, a
- * flush is waiting, the batch is full or the ledger closes): one commit for 20 ms of
- * traffic instead of one per operation at a trickle. Each commit rewrites the pages it
- * touches (the indexes' last leaves, the rollups, the chain head) whatever its size, so
- * fewer commits mean fewer WAL frames: at 64 connections 0.83 -> 0.49 of the writer's
- * pwrite calls per request from 5 to 20 ms (bench/cost.py). Also how far SQLite may lag
- * the journal for a reader of the file. */
-#define GATHER_US 20000
+ * flush is waiting, the batch is full or the ledger closes): one commit for a few ms of
+ * traffic instead of one per operation at a trickle. Also how far SQLite may lag the
+ * journal for a reader of the file. */
+#define GATHER_US 5000
 
 /* The checkpointer copies the WAL back once it holds CKPT_MIN_BYTES; the writer
  * checkpoints itself only past WAL_BACKSTOP_BYTES, should the checkpointer fall behind or
