@@ -244,8 +244,23 @@ def config_for(mock_port, **overrides):
     return cfg
 
 
+# Sockets that hold closed_port()'s ports for the life of the test process.
+_held_ports = []
+
+
 def closed_port():
-    """A local TCP port nobody listens on (bound, then closed)."""
+    """A local TCP port nobody listens on: bound and kept bound without listening, so a
+    connect is refused, and no other process (a daemon of a test running in parallel, asking
+    for port 0) can be given it. A port bound and released could be, and a test meant to see
+    "connection refused" then reached that daemon."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    _held_ports.append(s)
+    return s.getsockname()[1]
+
+
+def free_port():
+    """A local TCP port to start something on: bound to 0, read, released."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

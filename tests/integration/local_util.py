@@ -35,7 +35,7 @@ def fake_bin():
 
 def free_port():
     """A 127.0.0.1 port: bound to 0, read, closed (a worker is then started on it)."""
-    return H.closed_port()
+    return H.free_port()
 
 
 # ---- the fake llama-server -----------------------------------------------------------
