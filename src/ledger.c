@@ -39,16 +39,6 @@
  * journal for a reader of the file. */
 #define GATHER_US 5000
 
-/* Under load, longer: when the first GATHER_US has gathered GATHER_BUSY_OPS operations or
- * more (about 13,000 requests a second), the batch goes on gathering up to GATHER_BUSY_US
- * or max_batch. Each commit rewrites the pages it touches (the indexes' last leaves, the
- * rollups, the chain head) whatever its size, so fewer commits mean fewer WAL frames and
- * less of the writer's CPU per request. Not at a lighter load: there a bigger commit is a
- * longer burst of CPU beside the loops on a small machine, and the 1-connection p99 rose
- * with it (bench/ab.py: 664 -> 1,045 us with 20 ms for every batch). */
-#define GATHER_BUSY_OPS 128u
-#define GATHER_BUSY_US 20000
-
 /* The checkpointer copies the WAL back once it holds CKPT_MIN_BYTES; the writer
  * checkpoints itself only past WAL_BACKSTOP_BYTES, should the checkpointer fall behind or
  * be missing. In frames of the ledger's own page size (4 KiB, or 1 KiB for a ledger
@@ -404,13 +394,6 @@ static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t mono_us)
     pthread_cond_timedwait(cv, mu, &ts);
 }
 
-/* How long the queued operations gather before a commit (GATHER_US, GATHER_BUSY_US). mu
- * held. */
-static int64_t gather_us(const struct tg_ledger *lg)
-{
-    return lg->pending >= GATHER_BUSY_OPS ? GATHER_BUSY_US : GATHER_US;
-}
-
 static void *writer_main(void *arg)
 {
     struct tg_ledger *lg = arg;
@@ -427,9 +410,9 @@ static void *writer_main(void *arg)
         lg->retry_wait = false;
         /* let journaled operations gather (woken early by write_now's reasons) */
         while (lg->head && !lg->paused && !write_now(lg) &&
-               tg_now_us() < lg->head->enq_us + gather_us(lg)) {
+               tg_now_us() < lg->head->enq_us + GATHER_US) {
             lg->gathering = true;
-            wait_until(&lg->work, &lg->mu, lg->head->enq_us + gather_us(lg));
+            wait_until(&lg->work, &lg->mu, lg->head->enq_us + GATHER_US);
         }
         lg->gathering = false;
         if (!lg->head) {
