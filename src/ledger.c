@@ -481,18 +481,6 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/* The database's page size (a WAL frame holds one page); 4096 if it cannot be read. */
-static int page_size_of(sqlite3 *db)
-{
-    sqlite3_stmt *st = NULL;
-    int size = 0;
-    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        size = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    return size > 0 ? size : 4096;
-}
-
 static void ledger_destroy(struct tg_ledger *lg)
 {
     free_ops(lg->spare);
@@ -542,7 +530,7 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
     }
     if (tg_ledger_recover(&lg->store, lg->journal, path, &lg->next_id, err, errlen) != TG_OK)
         goto fail;
-    int page = page_size_of(lg->store.db);
+    int page = lg->store.page_size > 0 ? lg->store.page_size : 4096;
     lg->ckpt_min_frames = CKPT_MIN_BYTES / page;
     lg->backstop_frames = WAL_BACKSTOP_BYTES / page;
     sqlite3_wal_hook(lg->store.db, on_wal_commit, lg);

@@ -243,14 +243,17 @@ int tg_store_open(struct tg_ledger_store *st, const char *path, bool sync_full, 
                                         : "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(st->db, WRITER_PRAGMAS, NULL, NULL, NULL);
-    char sync[16];
+    char sync[16], page[16];
     if (rc == SQLITE_OK)
         rc = query_text(st->db, "PRAGMA synchronous", sync, sizeof sync);
+    if (rc == SQLITE_OK)
+        rc = query_text(st->db, "PRAGMA page_size", page, sizeof page);
     if (rc != SQLITE_OK) {
         tg_set_err(err, errlen, "ledger: %s: %s", path, sqlite3_errmsg(st->db));
         return TG_ERR_IO;
     }
     st->synchronous = atoi(sync);
+    st->page_size = atoi(page);
 
     rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {

@@ -42,6 +42,7 @@ struct tg_ledger_store {
     struct tg_held *held;         /* TG_STORE_HELD slots */
     struct tg_rollups rollups;    /* the open transaction's bill_daily sums (ledger_rollup.h) */
     int synchronous;              /* PRAGMA synchronous as read back */
+    int page_size;                /* PRAGMA page_size as read back (a WAL frame's page) */
     int64_t interrupted_at_open;
 };
 
