@@ -400,17 +400,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 }
 
-/* A request finished on this loop's thread during the current front_run (see there). */
+/* A request that may have been suspended (a chat request, an admin job) finished on this
+ * loop's thread during the current front_run (see there). */
 static _Thread_local bool completed_in_run;
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     struct http_ctx *ctx = *con_cls;
-    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        completed_in_run = true;
     if (!ctx)
         return;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && (ctx->r || ctx->admin))
+        completed_in_run = true;
     if (ctx->r)
         tg_chat_client_done(ctx->r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     tg_admin_done(ctx->admin);
