@@ -208,7 +208,6 @@ static void assert_completion(const json_t *r, const char *id, const char *model
     }
 }
 
-/* An OpenAI chat.completion.chunk as forwarded to the client. */
 /* What a client gets for a translated chunk: tg_stream_chunk_dump's text, parsed back. The
  * chunk is consumed. */
 static json_t *client_chunk(struct tg_stream_state *st, json_t *chunk)
@@ -226,6 +225,7 @@ static json_t *client_chunk(struct tg_stream_state *st, json_t *chunk)
     return full;
 }
 
+/* An OpenAI chat.completion.chunk as forwarded to the client. */
 static void assert_chunk(const json_t *c, const char *id, int64_t created, const char *model_out)
 {
     static const char *const top[] = {"id", "object", "created", "model", "choices",
