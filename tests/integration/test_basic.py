@@ -314,7 +314,6 @@ class LoopsUnderLoad(H.GatewayTestCase):
         self.assertLess(after - before, 4 * n,
                         "%d loop wake-ups for %d connections" % (after - before, n))
 
-
     def test_second_daemon_on_the_port_is_refused(self):
         # The loops' sockets use SO_REUSEPORT, which would let a second daemon bind the same
         # port and quietly take part of the connections: it must fail instead, and say why.
