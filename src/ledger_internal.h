@@ -26,4 +26,7 @@ int tg_ledger_test_synchronous(const struct tg_ledger *lg);
  * ledger's own pages). */
 int tg_ledger_test_checkpoint_frames(const struct tg_ledger *lg);
 
+/* Times the writer has yielded its CPU between a batch's operations (YIELD_US). */
+uint64_t tg_ledger_test_yields(const struct tg_ledger *lg);
+
 #endif

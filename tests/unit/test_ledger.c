@@ -7,7 +7,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -559,6 +561,64 @@ static void test_group_commit(void **state)
     tg_ledger_flush(lg);
     assert_int_equal(tg_ledger_test_commits(lg) - before, 3);
     tg_ledger_close(lg);
+}
+
+/* The id of this process's thread named comm, or 0. */
+static pid_t thread_named(const char *comm)
+{
+    pid_t tid = 0;
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    for (struct dirent *de; !tid && (de = readdir(d));) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[300], name[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *fp = fopen(path, "r");
+        if (fp && fgets(name, sizeof name, fp) && strncmp(name, comm, strlen(comm)) == 0 &&
+            name[strlen(comm)] == '\n')
+            tid = (pid_t)atoi(de->d_name);
+        if (fp)
+            fclose(fp);
+    }
+    closedir(d);
+    return tid;
+}
+
+/* The ledger's background work stays out of the way of a request's threads: the
+ * checkpointer runs in SCHED_IDLE; the writer keeps the normal class (others wait on its
+ * lock and its acknowledgements) but yields its CPU between a batch's operations. */
+static void test_background_threads(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_ledger *lg = open_ok(f->path, NULL);
+    pid_t writer = thread_named("tg-ledger"), ckpt = thread_named("tg-checkpoint");
+    assert_true(writer > 0);
+    assert_true(ckpt > 0);
+    /* the checkpointer sets its class as it starts, which may be just after open returns */
+    int policy = -1;
+    for (int i = 0; i < 200 && (policy = sched_getscheduler(ckpt)) != SCHED_IDLE; i++)
+        usleep(5000);
+    assert_int_equal(policy, SCHED_IDLE);
+    assert_int_equal(sched_getscheduler(writer), SCHED_OTHER);
+
+    /* a batch of 600 inserts is far more than YIELD_US (50 us) of work */
+    uint64_t before = tg_ledger_test_yields(lg);
+    tg_ledger_test_pause(lg, true);
+    struct tg_ledger_entry e;
+    for (int i = 0; i < 600; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "y%d", i);
+        entry(&e, rid);
+        assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
+    }
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+    assert_true(tg_ledger_test_yields(lg) - before >= 2);
+    tg_ledger_close(lg);
+    sqlite3 *db = reader(f->path);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 600);
+    sqlite3_close(db);
 }
 
 /* An acknowledgement and the thread it ran on. */
@@ -2258,6 +2318,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_settle_missing_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_inserts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_background_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eager, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_sweep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_sweep_after_exit, setup, teardown),
