@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""ab.py: tollgate against tollgate. Two builds (git refs) measured in interleaved rounds on the
-same mock, for a before/after figure that the VM's drift between two full runs of run.sh would
+"""ab.py: tollgate against tollgate. Two or more builds (git refs) measured in interleaved rounds
+on the same mock, for a before/after figure that the VM's drift between two full runs of run.sh would
 swamp. Each round starts each build in turn on a fresh ledger with an API key, warms it, then:
   plain1   wrk, 1 connection: p50 / p99 added (minus direct to the mock in the same round),
            and p99 through the gateway as measured
+  raw1     stream_client --plain, 1 connection: the same, from every request's own latency
+           (wrk adds samples for coordinated omission: bench/README.md, "Caveats")
   plain64  wrk, 64 connections: req/s and the gateway's CPU per request
   stream1  stream_client, 1 stream of 8 chunks 10 ms apart: time to first chunk p50 / p99
 Medians over rounds are printed as a table. Everything listens on 127.0.0.1; every process it
 starts is stopped by PID.
 
-  bench/ab.py REF_A REF_B [--rounds 5] [--seconds 5]
+  bench/ab.py REF_A REF_B [REF_C ...] [--rounds 5] [--seconds 5]
 
 Builds into bench/build/ab-<sha>/ (Release); the mock and stream_client come from bench/build
 (bench/run.sh builds them; run it once first)."""
@@ -78,10 +80,14 @@ def wrk(port, conns, seconds, key=None):
     return json.loads(m.group(1))
 
 
-def stream1(port, seconds, key):
+def stream1(port, seconds, key, plain=False):
+    """stream_client on one connection: one stream of 8 chunks 10 ms apart at a time, or with
+    plain non-streaming requests. Returns its SC line's figures."""
     cmd = [os.path.join(BUILD, "stream_client"), "--port", str(port), "--streams", "1",
-           "--model", "bench/echo-1", "--duration", str(seconds), "--chunks", "8",
-           "--interval-ms", "10", "--header", f"Authorization: Bearer {key}"]
+           "--model", "bench/echo-1", "--duration", str(seconds)]
+    cmd += ["--plain"] if plain else ["--chunks", "8", "--interval-ms", "10"]
+    if key:
+        cmd += ["--header", f"Authorization: Bearer {key}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     m = re.search(r"^SC (.*)$", out, re.M)
     if not m:
@@ -140,7 +146,7 @@ def start_gateway(binary, work, mock_port, prefix=(), log_level="warn"):
         raise
 
 
-def run_build(binary, work, mock_port, seconds, direct):
+def run_build(binary, work, mock_port, seconds, direct, direct_raw):
     """One build's cells in this round. Returns {figure: value}."""
     gw, port, key = start_gateway(binary, work, mock_port)
     try:
@@ -152,6 +158,10 @@ def run_build(binary, work, mock_port, seconds, direct):
         # as measured: a stall in the round's direct run (the VM's, tens of ms at times)
         # makes that round's added p99 meaningless, even negative; this one is not differenced
         r["plain1 p99 through gateway"] = w["lat_p99"]
+        raw = stream1(port, seconds, key, plain=True)
+        r["raw1 p50"] = int(raw["lat_p50"]) - int(direct_raw["lat_p50"])
+        r["raw1 p99"] = int(raw["lat_p99"]) - int(direct_raw["lat_p99"])
+        r["raw1 p99 through gateway"] = int(raw["lat_p99"])
         t0 = cpu_ticks(gw.pid)
         w = wrk(port, 64, seconds, key)
         ticks = cpu_ticks(gw.pid) - t0
@@ -168,15 +178,16 @@ def run_build(binary, work, mock_port, seconds, direct):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ref_a")
-    ap.add_argument("ref_b")
+    ap.add_argument("refs", nargs="+", metavar="REF")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args()
     for tool in ("fast_mock", "stream_client"):
         if not os.access(os.path.join(BUILD, tool), os.X_OK):
             sys.exit(f"ab: bench/build/{tool} is missing: run bench/run.sh --quick once first")
-    builds = [build(args.ref_a), build(args.ref_b)]
+    if len(args.refs) < 2:
+        sys.exit("ab: give at least two refs")
+    builds = [build(ref) for ref in args.refs]
     work = tempfile.mkdtemp(prefix="tg-ab-")
     mock = None
     results = {sha: [] for sha, _ in builds}
@@ -184,9 +195,12 @@ def main():
         mock, mport = start_mock(work)
         for rnd in range(args.rounds):
             direct = wrk(mport, 1, args.seconds)
-            order = builds if rnd % 2 == 0 else builds[::-1]
+            direct_raw = stream1(mport, args.seconds, None, plain=True)
+            # each build takes each place in the order in turn (with two: A B, B A, ...)
+            k = rnd % len(builds)
+            order = builds[k:] + builds[:k]
             for sha, binary in order:
-                r = run_build(binary, work, mport, args.seconds, direct)
+                r = run_build(binary, work, mport, args.seconds, direct, direct_raw)
                 results[sha].append(r)
                 log(f"round {rnd + 1} {sha}: " +
                     ", ".join(f"{k} {v:,.1f}" for k, v in r.items()))
@@ -195,13 +209,13 @@ def main():
             stop(mock)
         shutil.rmtree(work, ignore_errors=True)
     figures = list(results[builds[0][0]][0].keys())
-    print(f"| figure (median of {args.rounds} rounds) | {args.ref_a} ({builds[0][0]}) | "
-          f"{args.ref_b} ({builds[1][0]}) |")
-    print("|---|---|---|")
+    print(f"| figure (median of {args.rounds} rounds) | " +
+          " | ".join(f"{ref} ({sha})" for ref, (sha, _) in zip(args.refs, builds)) + " |")
+    print("|---" * (len(builds) + 1) + "|")
     for fig in figures:
         cells = [statistics.median(r[fig] for r in results[sha]) for sha, _ in builds]
         unit = "" if "req/s" in fig else " µs"
-        added = fig in ("plain1 p50", "plain1 p99")
+        added = fig in ("plain1 p50", "plain1 p99", "raw1 p50", "raw1 p99")
         print(f"| {fig}{' (added)' if added else ''} | " +
               " | ".join(f"{c:,.0f}{unit}" for c in cells) + " |")
 

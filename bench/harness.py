@@ -303,7 +303,7 @@ class Bench:
         t0 = time.time()
         if kind == "plain":
             cmd, env = run_wrk(t["port"], conns, duration, t["headers"], t["model"])
-        elif kind == "parity":
+        elif kind in ("parity", "lat1"):
             cmd, env = stream_client_cmd(self.bindir, t["port"], conns, t["headers"], t["model"],
                                          plain=True, duration=duration), None
         else:
@@ -748,6 +748,12 @@ def main():
                 for c in conns_list:
                     for tn in order:
                         b.cell(rnd, kind, tn, c, dur, sock=(rnd == 1 and c == 16 and tn != "direct"))
+            # one connection again, each request's own latency: wrk's percentiles include the
+            # samples it adds for coordinated omission (bench/README.md, "Caveats")
+            if 1 in conns_list:
+                for tn in order:
+                    if tn != "portkey":
+                        b.cell(rnd, "lat1", tn, 1, args.duration)
             # exact parity check for non-streaming answers (wrk cannot drain)
             b.cell(rnd, "parity", "tollgate", 64, min(3.0, args.duration))
 

