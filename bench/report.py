@@ -348,9 +348,11 @@ def render(rows, info):
                       f"{ur:,} upstream requests over the matrix ({ur / max(1, uc):,.0f} requests "
                       f"per connection)")
     for t in targets:
-        a = agg.get(("plain", t, 1))
+        # per request where measured: wrk's p99 carries its coordinated-omission samples
+        a = agg.get(("lat1", t, 1)) or agg.get(("plain", t, 1))
         if a:
-            md.append(f"- Nagle check, {t}, 1 connection: p99 {f(a['lat_p99'])} us, max "
+            how = "per request" if a["kind"] == "lat1" else "wrk"
+            md.append(f"- Nagle check, {t}, 1 connection ({how}): p99 {f(a['lat_p99'])} us, max "
                       f"{f(a['lat_max'])} us (a Nagle/delayed-ACK stall costs ~40,000 us)")
     md.append("")
     md.append("Raw cells: raw.csv; aggregated: latest.csv. See bench/README.md for how each figure "
