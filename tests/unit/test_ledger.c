@@ -519,6 +519,22 @@ static void test_concurrent_inserts(void **state)
     sqlite3_close(db);
 }
 
+/* Queue n plain inserts (request ids prefix0, prefix1, ...) while the writer is paused, so
+ * that they meet it all at once, then let it write them and wait until it has. */
+static void insert_while_paused(struct tg_ledger *lg, const char *prefix, int n)
+{
+    struct tg_ledger_entry e;
+    tg_ledger_test_pause(lg, true);
+    for (int i = 0; i < n; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "%s%d", prefix, i);
+        entry(&e, rid);
+        assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
+    }
+    tg_ledger_test_pause(lg, false);
+    tg_ledger_flush(lg);
+}
+
 static void test_group_commit(void **state)
 {
     struct fixture *f = *state;
@@ -550,15 +566,7 @@ static void test_group_commit(void **state)
     /* Default batch size is 512. */
     lg = open_ok(f->path, NULL);
     before = tg_ledger_test_commits(lg);
-    tg_ledger_test_pause(lg, true);
-    for (int i = 0; i < 1025; i++) {
-        char rid[32];
-        snprintf(rid, sizeof rid, "h%d", i);
-        entry(&e, rid);
-        assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
-    }
-    tg_ledger_test_pause(lg, false);
-    tg_ledger_flush(lg);
+    insert_while_paused(lg, "h", 1025);
     assert_int_equal(tg_ledger_test_commits(lg) - before, 3);
     tg_ledger_close(lg);
 }
@@ -605,16 +613,7 @@ static void test_background_threads(void **state)
     /* a batch of 600 inserts is far more than YIELD_US (50 us) of work; on a busy machine
      * (tests in parallel) the first yield may be slow, and then the writer backs off */
     uint64_t before = tg_ledger_test_yields(lg);
-    tg_ledger_test_pause(lg, true);
-    struct tg_ledger_entry e;
-    for (int i = 0; i < 600; i++) {
-        char rid[32];
-        snprintf(rid, sizeof rid, "y%d", i);
-        entry(&e, rid);
-        assert_int_equal(tg_ledger_insert(lg, &e, NULL, NULL), TG_OK);
-    }
-    tg_ledger_test_pause(lg, false);
-    tg_ledger_flush(lg);
+    insert_while_paused(lg, "y", 600);
     assert_true(tg_ledger_test_yields(lg) - before >= 1);
     tg_ledger_close(lg);
     sqlite3 *db = reader(f->path);
