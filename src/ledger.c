@@ -59,7 +59,7 @@
  * came every 5-6 ms, the writer's rhythm. A yield with nobody waiting returns at once.
  * A yield that comes back only after YIELD_SLOW_US means the CPU went to threads that run
  * for whole time slices (the machine is saturated, not waiting on short hops): yielding then
- * only cut the writer's share and multiplied context switches (at 64 connections, 94 -> 116
+ * only cut the writer's share and multiplied context switches (at 64 connections, 87 -> 114
  * us of CPU per request and a writer cycle of 24 ms instead of 7), so the writer stops
  * yielding for YIELD_BACKOFF_US and then tries again. */
 #define YIELD_US 50
