@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ab.py: tollgate against tollgate. Two or more builds (git refs) measured in interleaved rounds
-on the same mock, for a before/after figure that the VM's drift between two full runs of run.sh would
-swamp. Each round starts each build in turn on a fresh ledger with an API key, warms it, then:
+on the same mock, for a before/after figure that the VM's drift between two full runs of run.sh
+would swamp. Each round starts each build in turn on a fresh ledger with an API key, warms it, then:
   plain1   wrk, 1 connection: p50 / p99 added (minus direct to the mock in the same round),
            and p99 through the gateway as measured
   raw1     stream_client --plain, 1 connection: the same, from every request's own latency
@@ -80,7 +80,7 @@ def wrk(port, conns, seconds, key=None):
     return json.loads(m.group(1))
 
 
-def stream1(port, seconds, key, plain=False):
+def client1(port, seconds, key, plain=False):
     """stream_client on one connection: one stream of 8 chunks 10 ms apart at a time, or with
     plain non-streaming requests. Returns its SC line's figures."""
     cmd = [os.path.join(BUILD, "stream_client"), "--port", str(port), "--streams", "1",
@@ -158,7 +158,7 @@ def run_build(binary, work, mock_port, seconds, direct, direct_raw):
         # as measured: a stall in the round's direct run (the VM's, tens of ms at times)
         # makes that round's added p99 meaningless, even negative; this one is not differenced
         r["plain1 p99 through gateway"] = w["lat_p99"]
-        raw = stream1(port, seconds, key, plain=True)
+        raw = client1(port, seconds, key, plain=True)
         r["raw1 p50"] = int(raw["lat_p50"]) - int(direct_raw["lat_p50"])
         r["raw1 p99"] = int(raw["lat_p99"]) - int(direct_raw["lat_p99"])
         r["raw1 p99 through gateway"] = int(raw["lat_p99"])
@@ -167,7 +167,7 @@ def run_build(binary, work, mock_port, seconds, direct, direct_raw):
         ticks = cpu_ticks(gw.pid) - t0
         r["plain64 req/s"] = w["requests"] / (w["duration_us"] / 1e6)
         r["plain64 CPU us/req"] = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, w["requests"])
-        s = stream1(port, seconds, key)
+        s = client1(port, seconds, key)
         r["stream1 TTFC p50"] = int(s["ttfc_p50"])
         r["stream1 TTFC p99"] = int(s["ttfc_p99"])
         return r
@@ -195,10 +195,10 @@ def main():
         mock, mport = start_mock(work)
         for rnd in range(args.rounds):
             direct = wrk(mport, 1, args.seconds)
-            direct_raw = stream1(mport, args.seconds, None, plain=True)
+            direct_raw = client1(mport, args.seconds, None, plain=True)
             # each build takes each place in the order in turn (with two: A B, B A, ...)
-            k = rnd % len(builds)
-            order = builds[k:] + builds[:k]
+            first = rnd % len(builds)
+            order = builds[first:] + builds[:first]
             for sha, binary in order:
                 r = run_build(binary, work, mport, args.seconds, direct, direct_raw)
                 results[sha].append(r)
