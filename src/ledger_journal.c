@@ -518,8 +518,8 @@ int tg_journal_recycle(struct tg_journal *j, int slot)
          * each time they reach a new page (one request in seven; 10 us each on this VM,
          * 2.5% of the gateway's CPU at 64 connections). Up to the rotation point only: the
          * rest is rarely written, and written pages count in RSS. In steps, with a yield
-         * between, like the writer's batches (YIELD_US in ledger.c): the whole megabyte is
-         * ~0.3 ms of kernel work in one piece. Best effort (Linux 5.14+; EINVAL before). */
+         * between (the writer's batches yield too, ledger.c): the whole megabyte is ~0.3 ms
+         * of kernel work in one piece, a step about 40 us. Best effort (Linux 5.14+; EINVAL before). */
 #ifdef MADV_POPULATE_WRITE
         for (size_t off = 0; off < TG_JOURNAL_ROTATE_BYTES; off += POPULATE_STEP) {
             if (madvise((char *)j->map[slot] + off, POPULATE_STEP, MADV_POPULATE_WRITE) != 0)
