@@ -8,6 +8,10 @@ would swamp. Each round starts each build in turn on a fresh ledger with an API 
            (wrk adds samples for coordinated omission: bench/README.md, "Caveats")
   plain64  wrk, 64 connections: req/s and the gateway's CPU per request
   stream1  stream_client, 1 stream of 8 chunks 10 ms apart: time to first chunk p50 / p99
+  burst    RSS after a burst: wrk at 256 connections, 2 s idle (the gateway's once-a-second
+           trim), then the RSS peak of a 64-connection run (the order of run.sh's rounds,
+           where a 64-connection cell follows the round before's 256-connection one), and
+           the RSS 2 s after it
 Medians over rounds are printed as a table. Everything listens on 127.0.0.1; every process it
 starts is stopped by PID.
 
@@ -32,7 +36,7 @@ ROOT = os.path.dirname(BENCH)
 BUILD = os.path.join(BENCH, "build")
 
 sys.path.insert(0, BENCH)
-from harness import stop, wait_port_file  # noqa: E402  (the same start/stop as run.sh)
+from harness import mem_kb, reset_hwm, stop, wait_port_file  # noqa: E402  (as run.sh)
 
 
 def log(msg):
@@ -170,6 +174,13 @@ def run_build(binary, work, mock_port, seconds, direct, direct_raw):
         s = client1(port, seconds, key)
         r["stream1 TTFC p50"] = int(s["ttfc_p50"])
         r["stream1 TTFC p99"] = int(s["ttfc_p99"])
+        wrk(port, 256, seconds, key)
+        time.sleep(2)
+        reset_hwm(gw.pid)
+        wrk(port, 64, seconds, key)
+        r["burst RSS MB, 64 conn after 256"] = mem_kb(gw.pid)[1] / 1024
+        time.sleep(2)
+        r["burst RSS MB, 2 s idle after"] = mem_kb(gw.pid)[0] / 1024
         return r
     finally:
         stop(gw)
@@ -214,10 +225,11 @@ def main():
     print("|---" * (len(builds) + 1) + "|")
     for fig in figures:
         cells = [statistics.median(r[fig] for r in results[sha]) for sha, _ in builds]
-        unit = "" if "req/s" in fig else " µs"
+        unit = "" if "req/s" in fig or "MB" in fig else " µs"
         added = fig in ("plain1 p50", "plain1 p99", "raw1 p50", "raw1 p99")
+        fmt = "{:,.1f}" if "MB" in fig else "{:,.0f}"
         print(f"| {fig}{' (added)' if added else ''} | " +
-              " | ".join(f"{c:,.0f}{unit}" for c in cells) + " |")
+              " | ".join(fmt.format(c) + unit for c in cells) + " |")
 
 
 if __name__ == "__main__":

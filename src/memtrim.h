@@ -6,10 +6,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* If at least min_free bytes and a third of the heap are free, and the free figure moved
- * by half of min_free or more since the last trim, return the free pages to the kernel. Cheap to
- * call every second, from one thread only; true if it released memory. A no-op (false)
- * where the C library offers no way to do it (or under AddressSanitizer's allocator). */
+/* If at least min_free bytes and a third of the heap are free, and the process holds
+ * min_free / 2 more resident memory that malloc has not handed out than just after the
+ * last trim, return the free pages to the kernel. Cheap to call every second (a mallinfo2
+ * and a read of /proc/self/statm), from one thread only; true if it released memory. A
+ * no-op (false) where the C library offers no way to do it (or under AddressSanitizer's
+ * allocator). */
 bool tg_mem_trim_idle(size_t min_free);
 
 /* Call once at start-up, before any thread: stop the C library from giving heap tops back
