@@ -20,7 +20,12 @@
 #include <malloc.h>
 #endif
 
+/* mallinfo2 (glibc 2.33): the byte counts mallinfo truncates to int */
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+#define TG_HAVE_MALLINFO2 1
+#endif
+
+#if defined(TG_HAVE_MALLINFO2)
 /* Bytes of anonymous memory resident in this process (statm: resident pages minus the
  * shared ones, which are the file-backed and shared-memory pages), or -1. */
 static long anon_resident(void)
@@ -51,7 +56,7 @@ static long slack_now(struct mallinfo2 *mi)
 
 bool tg_mem_trim_idle(size_t min_free)
 {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+#if defined(TG_HAVE_MALLINFO2)
     static long slack_after_trim;   /* one caller thread (memtrim.h) */
     struct mallinfo2 mi;
     long slack = slack_now(&mi);
@@ -83,7 +88,7 @@ void tg_mem_tune(void)
      * back the free pages inside every arena, but shrinks only the main arena's top, so a
      * thread arena's top is returned only by free() past this threshold. 256 KiB: the
      * 64-connection figures after a 256-connection burst 2-3 MB lower, no more faults per
-     * request at a steady 64 connections (bench, tenth pass). */
+     * request at a steady 64 connections (docs/performance.md, tenth pass). */
     mallopt(M_TRIM_THRESHOLD, 256 << 10);
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
 #endif

@@ -14,9 +14,10 @@
  * allocator). */
 bool tg_mem_trim_idle(size_t min_free);
 
-/* Call once at start-up, before any thread: stop the C library from giving heap tops back
- * (and faulting them in again) on every free under load; tg_mem_trim_idle does that job,
- * after the load. A no-op where the C library has no such knobs. */
+/* Call once at start-up, before any thread: fix the C library's trim and mmap thresholds,
+ * which it would otherwise raise under load, trimming (and faulting back in) heap tops on
+ * frees as it goes; tg_mem_trim_idle gives back the rest after the load. A no-op where the
+ * C library has no such knobs. */
 void tg_mem_tune(void);
 
 #endif
