@@ -553,8 +553,8 @@ struct tg_ledger *tg_ledger_open(const char *path, const struct tg_ledger_option
         tg_set_err(err, errlen, "ledger: out of memory");
         return NULL;
     }
-    /* Adaptive: the event loops take mu for one journal append each (a pwrite of ~300
-     * bytes); a loop that finds it held spins for that rather than sleeping on a futex
+    /* Adaptive: the event loops take mu for one journal append each (a memcpy of ~300
+     * bytes into the mapped journal); a loop that finds it held spins for that rather than sleeping on a futex
      * (a system call and a wake-up each way, the loops' most frequent before). */
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
