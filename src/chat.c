@@ -497,6 +497,19 @@ static void account(struct tg_request *r, const struct tg_usage *u, int64_t cont
     e->reference_cost_nano = tg_chat_reference_cost(r, c, e->prompt_tokens, e->completion_tokens);
 }
 
+/* A provider's error text can quote the credential tollgate sent it (a 401 that echoes the
+ * key, a 400 that echoes the request's headers): every configured provider key is scrubbed
+ * from it before a client can see it. */
+static void redact_provider_keys(const struct tg_request *r, json_t *body)
+{
+    const struct tg_config *cfg = &r->gw->cfg;
+    const char *keys[TG_MAX_PROVIDERS];
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        keys[n++] = cfg->providers[i].api_key;
+    tg_error_redact(body, keys, n);
+}
+
 static void fail_with(struct tg_request *r, int status, const char *type, const char *code,
                       const char *fmt, ...) TG_PRINTF(5, 6);
 static void fail_with(struct tg_request *r, int status, const char *type, const char *code,
@@ -634,6 +647,7 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
                       r->stream ? c->pc->stream_timeout_ms : c->pc->timeout_ms);
     } else if (relayed && r->st.error) {
         fault = TG_FAULT_BAD_RESPONSE;
+        redact_provider_keys(r, r->st.error);
         tg_error_take(&r->error, 502, TG_SRC_PROVIDER, json_incref(r->st.error));
         r->resp_status = 502;
     } else if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && !relayed)) {
@@ -683,15 +697,23 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         json_t *eb = ops->normalize_error(c->pc, r->up_status, r->up_resp.data, r->up_resp.len);
         fault = ops->classify_status(c->pc, r->up_status, eb);
         int status = (int)r->up_status;
+        redact_provider_keys(r, eb);
         if (fault == TG_FAULT_AUTH) {
-            /* our provider credentials were refused: not the caller's key, so not a 401 */
-            tg_error("provider %s refused tollgate's credentials (HTTP %ld); check its API key",
-                     c->pc->name, r->up_status);
+            /* our provider credentials were refused: not the caller's key, so not a 401; and
+             * the provider's own words (which may quote the key) are for the operator, not
+             * the client: tollgate says it in its own */
+            const char *said = json_string_value(
+                json_object_get(json_object_get(eb, "error"), "message"));
+            tg_error("provider %s refused tollgate's credentials (HTTP %ld: %s); check its API "
+                     "key", c->pc->name, r->up_status, said ? said : "no message");
             status = 502;
-            json_object_set_new(json_object_get(eb, "error"), "code",
-                                json_string("provider_auth_failed"));
-            json_object_set_new(json_object_get(eb, "error"), "type",
-                                json_string(tg_error_type_for_status(status)));
+            char msg[192];
+            snprintf(msg, sizeof msg, "provider %s refused tollgate's credentials or account "
+                     "(HTTP %ld); the gateway's operator must check its API key and credit",
+                     c->pc->name, r->up_status);
+            json_decref(eb);
+            eb = tg_error_object(msg, tg_error_type_for_status(status), NULL,
+                                 "provider_auth_failed");
         }
         if (fault == TG_FAULT_RATE_LIMITED && status != 429) {
             status = 429;   /* Groq's 498 (flex capacity) is not a status clients know */

@@ -3,7 +3,9 @@
 #include "tollgate/error.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 json_t *tg_error_object(const char *message, const char *type, const char *param,
@@ -114,4 +116,55 @@ json_t *tg_error_normalize(const json_t *up, int http_status, const char *fallba
     if (!inner)
         return NULL;
     return json_pack("{s:o}", "error", inner);
+}
+
+#define REDACTED "[redacted]"
+
+/* s with every occurrence of secret replaced by REDACTED: a new string (free it), or NULL
+ * when s holds none (or on allocation failure: the caller then blanks the field). */
+static char *redact_one(const char *s, const char *secret, bool *failed)
+{
+    size_t slen = strlen(secret), hits = 0;
+    for (const char *p = strstr(s, secret); p; p = strstr(p + slen, secret))
+        hits++;
+    if (!hits)
+        return NULL;
+    size_t n = strlen(s) - hits * slen + hits * (sizeof REDACTED - 1);
+    char *out = malloc(n + 1), *o = out;
+    if (!out) {
+        *failed = true;
+        return NULL;
+    }
+    const char *tail = s;
+    for (const char *q; (q = strstr(tail, secret)) != NULL; tail = q + slen) {
+        memcpy(o, tail, (size_t)(q - tail));
+        o += q - tail;
+        memcpy(o, REDACTED, sizeof REDACTED - 1);
+        o += sizeof REDACTED - 1;
+    }
+    strcpy(o, tail);
+    return out;
+}
+
+void tg_error_redact(json_t *body, const char *const *secrets, size_t n)
+{
+    json_t *err = json_object_get(body, "error");
+    static const char *const fields[] = {"message", "param", "code"};
+    for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
+        json_t *v = json_object_get(err, fields[f]);
+        for (size_t i = 0; i < n && json_is_string(v); i++) {
+            if (!secrets[i] || !secrets[i][0])
+                continue;
+            bool failed = false;
+            char *clean = redact_one(json_string_value(v), secrets[i], &failed);
+            if (failed || (clean && json_string_set(v, clean) != 0)) {
+                /* never forward the text whole when it could not be cleaned */
+                if (json_string_set(v, REDACTED) != 0) {
+                    json_object_del(err, fields[f]);
+                    v = NULL;
+                }
+            }
+            free(clean);
+        }
+    }
 }

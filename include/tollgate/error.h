@@ -39,4 +39,10 @@ const char *tg_error_type_for_status(int http_status);
  * error as string, flat {"message",...}, numeric code, missing param/type. Returns new. */
 json_t *tg_error_normalize(const json_t *upstream, int http_status, const char *fallback_msg);
 
+/* Replace, in place, every occurrence of each of the n secrets (empty ones skipped) in body's
+ * error.message, error.param and error.code with "[redacted]". For provider error text that
+ * tollgate forwards: some providers quote the credential they were sent, or the request's
+ * headers. body may be NULL or of any shape; what is not a string is left alone. */
+void tg_error_redact(json_t *body, const char *const *secrets, size_t n);
+
 #endif

@@ -177,13 +177,19 @@ class Errors(H.GatewayTestCase):
         err = self.assert_error(resp, want, source=sources)
         up_model = H.upstream_id(H.MODEL, provider)
         fx = H.error_fixture(provider, up_status, up_model, flat404=scenario == "flat404")
-        # the provider's message survives normalization
-        self.assertEqual(err["message"], H.upstream_error_message(fx), (fx, err))
         inner = fx.get("error") if isinstance(fx.get("error"), dict) else fx
         if up_status in (401, 403):
+            # our key was refused: tollgate says so in its own words (the provider's may
+            # quote the key), naming the provider
             self.assertEqual(err["code"], "provider_auth_failed", err)
-        elif isinstance(inner.get("code"), str) and inner["code"]:
-            self.assertEqual(err["code"], inner["code"], err)
+            self.assertIn(provider, err["message"], err)
+            self.assertIn("credentials", err["message"], err)
+            self.assertNotEqual(err["message"], H.upstream_error_message(fx), err)
+        else:
+            # the provider's message survives normalization
+            self.assertEqual(err["message"], H.upstream_error_message(fx), (fx, err))
+            if isinstance(inner.get("code"), str) and inner["code"]:
+                self.assertEqual(err["code"], inner["code"], err)
         if isinstance(inner.get("param"), str) and inner["param"]:
             self.assertEqual(err["param"], inner["param"], err)
         if resp.status != up_status:
@@ -229,6 +235,32 @@ class Errors(H.GatewayTestCase):
             for st in (400, 401, 429, 503):
                 with self.subTest(provider=p, status=st):
                     self.check_provider_error(p, "error%d" % st, st, stream=True)
+
+    def test_provider_error_text_never_shows_our_key(self):
+        # an upstream that quotes the credential it was sent (mock:echo-auth-NNN): the
+        # gateway's provider key never reaches its client, stream or not
+        for p in H.PROVIDERS:
+            secret = "mock-%s-key" % p
+            for st, stream in ((400, False), (400, True), (422, False), (401, False)):
+                with self.subTest(provider=p, status=st, stream=stream):
+                    body = H.chat_body(text=H.nonce("redact"), scenario="echo-auth-%d" % st,
+                                       provider=p, stream=True if stream else None)
+                    if stream:
+                        res = self.gw.stream(body)
+                        self.assertIsNone(res.error)
+                        resp = H.Response(res.status, res.header_list, res.body, 0)
+                    else:
+                        resp = self.gw.chat(body)
+                    self.assertNotIn(secret, resp.body.decode(), resp)
+                    err = self.assert_error(resp, 502 if st == 401 else st,
+                                            source={"caller", "provider", "gateway"})
+                    if st != 401:
+                        # the rest of the provider's message is kept
+                        self.assertEqual(err["message"],
+                                         "Incorrect API key provided: Bearer [redacted]", err)
+                        self.assertEqual(err["param"], "header Bearer [redacted]", err)
+        # nor the gateway's log
+        self.assertNotIn("mock-groq-key", self.gw.proc.stderr_text(limit=10 ** 7))
 
     def test_flat404(self):
         for p in H.PROVIDERS:

@@ -72,6 +72,7 @@ enum mock_scenario_kind {
     SC_USAGE_TRAILING_ONLY,
     SC_PACED,
     SC_ECHO,
+    SC_ECHO_AUTH,           /* echo-auth-NNN: status NNN, the Authorization header quoted */
 };
 
 struct mock_scenario {

@@ -380,6 +380,25 @@ static enum MHD_Result reply_status_error(struct mock_call *call, int status)
     return reply_error(call, status, file, NULL);
 }
 
+/* echo-auth-NNN: status NNN with an error that quotes the request's Authorization header,
+ * as some upstreams do ("Incorrect API key provided: ..."): the gateway must not pass its
+ * own credential on to its client. */
+static enum MHD_Result reply_echo_auth(struct mock_call *call, int status)
+{
+    const char *auth = MHD_lookup_connection_value(call->conn, MHD_HEADER_KIND, "Authorization");
+    json_t *doc = json_pack("{s:{s:s+,s:s,s:s+,s:s}}", "error", "message",
+                            "Incorrect API key provided: ", auth ? auth : "(none)", "type",
+                            "invalid_request_error", "param", "header ", auth ? auth : "",
+                            "code", "invalid_api_key");
+    char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    enum MHD_Result ret = body ? send_body(call, status, "application/json", body,
+                                           strlen(body), NULL)
+                               : mock_reply_mock_error(call, 500, "out of memory");
+    json_decref(doc);
+    free(body);
+    return ret;
+}
+
 /* Non-streamed completion: chat.json (or chat_no_usage.json), edited for echo/truncated. */
 static enum MHD_Result reply_completion(struct mock_call *call)
 {
@@ -505,6 +524,11 @@ static bool apply_token(struct mock_scenario *sc, const char *name, char *err, s
     if (kind == SC_NORMAL && strncmp(name, "error", 5) == 0 && parse_long(name + 5, &v) &&
         v >= 400 && v <= 599) {
         kind = SC_ERROR;
+        sc->error_status = (int)v;
+    }
+    if (kind == SC_NORMAL && strncmp(name, "echo-auth-", 10) == 0 &&
+        parse_long(name + 10, &v) && v >= 400 && v <= 599) {
+        kind = SC_ECHO_AUTH;
         sc->error_status = (int)v;
     }
     if (kind == SC_NORMAL && strncmp(name, "paced-", 6) == 0) {
@@ -696,6 +720,8 @@ static enum MHD_Result dispatch(struct mock_call *call)
         return reply_status_error(call, sc->error_status);
     case SC_FLAT404:
         return reply_error_from(call, 404, "fireworks", "error_404_flat.json", NULL);
+    case SC_ECHO_AUTH:
+        return reply_echo_auth(call, sc->error_status);
     case SC_HANG:
         return hang(call);
     case SC_RESET:

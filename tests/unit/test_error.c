@@ -468,6 +468,46 @@ static void test_type_for_status(void **state)
     }
 }
 
+/* A field of the inner error object, "" when absent or not a string. */
+static const char *inner_str(const json_t *body, const char *key)
+{
+    const char *v = json_string_value(json_object_get(json_object_get(body, "error"), key));
+    return v ? v : "";
+}
+
+static void test_redact(void **state)
+{
+    (void)state;
+    const char *keys[] = {"gsk_SECRET1", "", NULL, "fw_other"};
+    json_t *b = tg_error_object("key gsk_SECRET1 and again gsk_SECRET1gsk_SECRET1, end",
+                                "invalid_request_error", "Bearer fw_other", "fw_other");
+    assert_non_null(b);
+    tg_error_redact(b, keys, 4);
+    assert_string_equal(inner_str(b, "message"),
+                        "key [redacted] and again [redacted][redacted], end");
+    assert_string_equal(inner_str(b, "param"), "Bearer [redacted]");
+    assert_string_equal(inner_str(b, "code"), "[redacted]");
+    assert_string_equal(inner_str(b, "type"), "invalid_request_error");   /* not scanned */
+    json_decref(b);
+
+    /* nothing to find: untouched; null param and a numeric code left alone */
+    b = json_pack("{s:{s:s, s:s, s:n, s:i}}", "error", "message", "quota exceeded", "type",
+                  "rate_limit_error", "param", "code", 429);
+    assert_non_null(b);
+    tg_error_redact(b, keys, 4);
+    assert_string_equal(inner_str(b, "message"), "quota exceeded");
+    assert_true(json_is_null(json_object_get(json_object_get(b, "error"), "param")));
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(b, "error"), "code")),
+                     429);
+    json_decref(b);
+
+    /* shapes without an error object, and no body at all */
+    b = json_pack("{s:s}", "error", "gsk_SECRET1");
+    tg_error_redact(b, keys, 4);
+    json_decref(b);
+    tg_error_redact(NULL, keys, 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -482,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_error_set_take_cleanup),
         cmocka_unit_test(test_source_names),
         cmocka_unit_test(test_type_for_status),
+        cmocka_unit_test(test_redact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
