@@ -650,6 +650,15 @@ void tg_chat_on_done(struct tg_request *r, CURLcode rc, bool cancelled)
         redact_provider_keys(r, r->st.error);
         tg_error_take(&r->error, 502, TG_SRC_PROVIDER, json_incref(r->st.error));
         r->resp_status = 502;
+    } else if (relayed && r->st.saw_finish && rc != CURLE_OK && rc != CURLE_WRITE_ERROR &&
+               rc != CURLE_ABORTED_BY_CALLBACK) {
+        /* The finish_reason arrived (and the usage with it, where the provider sends it
+         * there), then the connection broke before [DONE]: the answer is whole, as after a
+         * clean end without [DONE] (below). It is billed, and the client's stream ends as
+         * any other, with its usage chunk if asked and [DONE]. */
+        tg_warn("request %s: provider %s's connection broke after the end of its answer "
+                "(%s); the answer is complete", r->request_id, c->pc->name,
+                curl_easy_strerror(rc));
     } else if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && !relayed)) {
         if (rc == CURLE_OPERATION_TIMEDOUT) {
             /* the only libcurl timeout set is the connect one (engine.c) */

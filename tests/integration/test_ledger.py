@@ -112,6 +112,12 @@ def build_cases():
         body_kw=dict(provider="together", stream=True), provider="together",
         canonical=H.MODEL, upstream=H.upstream_id(H.MODEL, "together"), status="failed",
         usage_source="estimated")
+    for p in H.PROVIDERS:
+        # complete, then the connection broke before [DONE]: billed on the reported usage
+        add("stream-drop-after-finish-" + p, "drop-after-finish",
+            body_kw=dict(provider=p, stream=True, include_usage=True), provider=p,
+            canonical=H.MODEL, upstream=H.upstream_id(H.MODEL, p),
+            usage=H.expected_stream(p)["usage"])
     add("rejected-unknown-model", body_kw=dict(model="acme/nope"), status="rejected",
         usage_source=None, upstream_called=False)
     add("rejected-unknown-provider", body_kw=dict(provider="nobody"), status="rejected",

@@ -192,6 +192,15 @@ class Streaming(H.GatewayTestCase):
                     res = self.stream(p, "truncated-clean", iu)
                     self.check_failed_stream(res, p, "truncated-clean", iu)
 
+    def test_drop_after_finish_is_complete(self):
+        # the finish chunk and the usage arrived, then the upstream connection broke before
+        # [DONE]: the answer is whole, so the client's stream ends cleanly, usage included
+        for p in H.PROVIDERS:
+            for iu in (None, True):
+                with self.subTest(provider=p, include_usage=iu):
+                    res = self.stream(p, "drop-after-finish", iu)
+                    self.check_clean_stream(res, p, "drop-after-finish", iu)
+
     def test_midstream_error(self):
         for p in H.PROVIDERS:
             for iu in (None, True):

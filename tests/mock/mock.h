@@ -67,6 +67,7 @@ enum mock_scenario_kind {
     SC_MALFORMED,
     SC_TRUNCATED,           /* 2 content chunks, then the TCP connection is dropped */
     SC_TRUNCATED_CLEAN,     /* 2 content chunks, then a clean end of body, no [DONE] */
+    SC_DROP_AFTER_FINISH,   /* every event but [DONE], then the TCP connection is dropped */
     SC_MIDSTREAM_ERROR,
     SC_NO_USAGE,
     SC_USAGE_TRAILING_ONLY,

@@ -497,6 +497,7 @@ static bool apply_token(struct mock_scenario *sc, const char *name, char *err, s
         { "malformed", SC_MALFORMED },
         { "truncated", SC_TRUNCATED },
         { "truncated-clean", SC_TRUNCATED_CLEAN },
+        { "drop-after-finish", SC_DROP_AFTER_FINISH },
         { "midstream-error", SC_MIDSTREAM_ERROR },
         { "no-usage", SC_NO_USAGE },
         { "usage-trailing-only", SC_USAGE_TRAILING_ONLY },

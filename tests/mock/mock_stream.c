@@ -317,6 +317,10 @@ enum MHD_Result mock_reply_stream(struct mock_call *call)
                 l.v[i].delay_us = mock_opts.gap_us;
         }
         break;
+    case SC_DROP_AFTER_FINISH:
+        if (l.n > 0 && !l.v[l.n - 1].json)
+            list_truncate(&l, l.n - 1);   /* [DONE] */
+        break;
     case SC_ECHO:
         edit_echo(&l, call);
         break;
@@ -336,7 +340,7 @@ enum MHD_Result mock_reply_stream(struct mock_call *call)
     for (size_t i = 0; i < l.n; i++)
         if (!plan_event(plan, sc, &l.v[i]))
             goto out;
-    if (sc->kind == SC_TRUNCATED)
+    if (sc->kind == SC_TRUNCATED || sc->kind == SC_DROP_AFTER_FINISH)
         mock_plan_abort_at_end(plan);
     ret = mock_send_plan(call, 200, "text/event-stream", plan, MHD_SIZE_UNKNOWN, NULL);
     plan = NULL;
