@@ -59,31 +59,43 @@ void tg_stream_state_cleanup(struct tg_stream_state *st)
     st->envelope_len = 0;
 }
 
-static bool nonneg_int(const json_t *v, int64_t *out)
+/* Above any context window: a count this large is garbage (and would overflow a cost). */
+#define TOKENS_MAX INT64_C(1000000000)
+
+enum count { COUNT_ABSENT, COUNT_OK, COUNT_BAD };
+
+/* A token count: absent (missing or null), a whole number 0..TOKENS_MAX, or anything else. */
+static enum count token_count(const json_t *v, int64_t *out)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return false;
+    if (!v || json_is_null(v))
+        return COUNT_ABSENT;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > TOKENS_MAX)
+        return COUNT_BAD;
     *out = json_integer_value(v);
-    return true;
+    return COUNT_OK;
 }
 
 bool tg_oa_extract_usage(const json_t *obj, struct tg_usage *u)
 {
     const json_t *us = json_object_get(obj, "usage");
     int64_t p = 0, c = 0, cached;
-    bool hp, hc;
     if (!json_is_object(us))
         return false;
-    hp = nonneg_int(json_object_get(us, "prompt_tokens"), &p);
-    hc = nonneg_int(json_object_get(us, "completion_tokens"), &c);
-    if (!hp && !hc)
+    enum count cp = token_count(json_object_get(us, "prompt_tokens"), &p);
+    enum count cc = token_count(json_object_get(us, "completion_tokens"), &c);
+    /* A count that cannot be right (negative, fractional, a string, beyond any context)
+     * makes the whole report untrustworthy: treated as no usage, so the tokens are
+     * estimated and the row says so, rather than billed as a reported 0. One count alone
+     * (the other absent) is taken, the other as 0. */
+    if (cp == COUNT_BAD || cc == COUNT_BAD || (cp == COUNT_ABSENT && cc == COUNT_ABSENT))
         return false;
     u->present = true;
     u->prompt_tokens = p;
     u->completion_tokens = c;
     u->cached_tokens = -1;
-    if (nonneg_int(json_object_get(json_object_get(us, "prompt_tokens_details"), "cached_tokens"),
-                   &cached))
+    const json_t *details = json_object_get(us, "prompt_tokens_details");
+    if (token_count(json_object_get(details, "cached_tokens"), &cached) == COUNT_OK &&
+        cached <= p)
         u->cached_tokens = cached;
     return true;
 }

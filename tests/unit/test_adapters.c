@@ -986,6 +986,54 @@ static void test_together_prepare_body(void **state)
     }
 }
 
+/* The usage a provider reports, as tg_oa_extract_usage reads it from text. */
+static bool usage_from(const char *text, struct tg_usage *u)
+{
+    json_t *obj = json_loads(text, 0, NULL);
+    assert_non_null(obj);
+    memset(u, 0, sizeof *u);
+    bool ok = tg_oa_extract_usage(obj, u);
+    json_decref(obj);
+    return ok;
+}
+
+static void test_usage_counts_that_cannot_be_right(void **state)
+{
+    (void)state;
+    struct tg_usage u;
+    assert_true(usage_from("{\"usage\":{\"prompt_tokens\":23,\"completion_tokens\":19,"
+                           "\"prompt_tokens_details\":{\"cached_tokens\":5}}}", &u));
+    assert_true(u.present);
+    assert_int_equal(u.prompt_tokens, 23);
+    assert_int_equal(u.completion_tokens, 19);
+    assert_int_equal(u.cached_tokens, 5);
+    /* one count alone: the other is 0 */
+    assert_true(usage_from("{\"usage\":{\"prompt_tokens\":null,\"completion_tokens\":7}}", &u));
+    assert_int_equal(u.prompt_tokens, 0);
+    assert_int_equal(u.completion_tokens, 7);
+    /* more cached tokens than prompt tokens: the cached figure is dropped */
+    assert_true(usage_from("{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,"
+                           "\"prompt_tokens_details\":{\"cached_tokens\":9}}}", &u));
+    assert_int_equal(u.cached_tokens, -1);
+    /* a count that cannot be right makes the whole report missing (estimated), never a
+     * reported 0 */
+    static const char *const bad[] = {
+        "{\"usage\":{\"prompt_tokens\":-5,\"completion_tokens\":19}}",
+        "{\"usage\":{\"prompt_tokens\":9223372036854775807,\"completion_tokens\":1}}",
+        "{\"usage\":{\"prompt_tokens\":23,\"completion_tokens\":1000000001}}",
+        "{\"usage\":{\"prompt_tokens\":\"23\",\"completion_tokens\":19}}",
+        "{\"usage\":{\"prompt_tokens\":23.0,\"completion_tokens\":19}}",
+        "{\"usage\":{\"prompt_tokens\":null,\"completion_tokens\":null}}",
+        "{\"usage\":{}}",
+        "{\"usage\":null}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (usage_from(bad[i], &u))
+            fail_msg("usage taken from %s", bad[i]);
+        assert_false(u.present);
+    }
+}
+
 static void test_registry_and_finish_map(void **state)
 {
     const struct tg_provider *g = tg_provider_find("groq"), *t = tg_provider_find("together"),
@@ -1037,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_on_header),
         cmocka_unit_test(test_together_prepare_body),
         cmocka_unit_test(test_registry_and_finish_map),
+        cmocka_unit_test(test_usage_counts_that_cannot_be_right),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
