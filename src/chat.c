@@ -431,26 +431,13 @@ static void on_settled(void *ud, int st, int64_t row_id)
             tg_chat_emit_json_locked(r, r->error.body);
         } else if (r->want_usage && r->le.prompt_tokens >= 0) {
             /* the usage chunk OpenAI sends when asked: empty choices, then [DONE] */
-            json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:{s:I, s:I, s:I}}", "id",
-                                  r->st.id, "object", "chat.completion.chunk", "created",
-                                  (json_int_t)r->st.created, "model", r->plan.model_out,
-                                  "choices", "usage", "prompt_tokens",
-                                  (json_int_t)r->le.prompt_tokens, "completion_tokens",
-                                  (json_int_t)r->le.completion_tokens, "total_tokens",
-                                  (json_int_t)(r->le.prompt_tokens + r->le.completion_tokens));
-            if (u) {
-                char usd[32];
-                if (r->le.cost_nano >= 0)
-                    json_object_set_new(json_object_get(u, "usage"), "cost",
-                                        json_string(tg_usd_format(r->le.cost_nano, usd,
-                                                                  sizeof usd)));
-                if (r->le.cached_tokens >= 0)
-                    json_object_set_new(json_object_get(u, "usage"), "prompt_tokens_details",
-                                        json_pack("{s:I}", "cached_tokens",
-                                                  (json_int_t)r->le.cached_tokens));
+            json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", r->st.id, "object",
+                                  "chat.completion.chunk", "created", (json_int_t)r->st.created,
+                                  "model", r->plan.model_out, "choices", "usage",
+                                  tg_chat_usage_json(r));
+            if (u)
                 tg_chat_emit_json_locked(r, u);
-                json_decref(u);
-            }
+            json_decref(u);
         }
         if (tg_chat_emit_locked(r, "data: [DONE]\n\n", 14) != TG_OK)
             tg_warn("request %s: stream buffer append failed", r->request_id);
@@ -460,6 +447,24 @@ static void on_settled(void *ud, int st, int64_t row_id)
     tg_request_wake_locked(r);
     pthread_mutex_unlock(&r->mu);
     tg_request_unref(r);
+}
+
+json_t *tg_chat_usage_json(const struct tg_request *r)
+{
+    json_t *u = json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)r->le.prompt_tokens,
+                          "completion_tokens", (json_int_t)r->le.completion_tokens,
+                          "total_tokens",
+                          (json_int_t)(r->le.prompt_tokens + r->le.completion_tokens));
+    if (!u)
+        return NULL;
+    char usd[32];
+    if (r->le.cost_nano >= 0)
+        json_object_set_new(u, "cost",
+                            json_string(tg_usd_format(r->le.cost_nano, usd, sizeof usd)));
+    if (r->le.cached_tokens >= 0)
+        json_object_set_new(u, "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens", (json_int_t)r->le.cached_tokens));
+    return u;
 }
 
 /* ---- the end of an attempt (engine side) -------------------------------------------- */

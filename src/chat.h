@@ -67,6 +67,18 @@ void tg_chat_image_policy(const struct tg_request *r, struct tg_image_policy *po
 int64_t tg_chat_reference_cost(const struct tg_request *r, const struct tg_candidate *c,
                                int64_t prompt, int64_t completion);
 
+/* The usage object of a stream's usage chunk, from r's settled ledger entry: the counts,
+ * the cost ("cost", decimal USD) when known, cached tokens when reported. Returns new,
+ * NULL when out of memory. (chat.c) */
+json_t *tg_chat_usage_json(const struct tg_request *r);
+
+/* ---- chat_replay.c ---- */
+/* r->resp_json (a whole chat.completion) as the SSE body of the stream the client asked
+ * for: the choices' messages as deltas with their finish_reason, the usage chunk when asked,
+ * [DONE]. For a provider that answered a stream request with plain JSON. Returns malloc'd
+ * text (caller frees; *len its length), NULL when out of memory. */
+char *tg_chat_completion_as_sse(const struct tg_request *r, size_t *len);
+
 /* HTTP thread: the request ended on the client side (completed callback). ok: the full
  * response was sent. Drops the HTTP layer's reference. */
 void tg_chat_client_done(struct tg_request *r, bool ok);

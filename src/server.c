@@ -218,6 +218,29 @@ static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_reque
     return ret;
 }
 
+/* r->mu held; a stream request the provider answered with one plain JSON completion: the
+ * client still gets the stream it asked for (chat_replay.c), in one buffer. */
+static enum MHD_Result queue_replayed_stream(struct MHD_Connection *conn, struct tg_request *r)
+{
+    size_t len = 0;
+    char *text = tg_chat_completion_as_sse(r, &len);
+    if (!text)
+        return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_tollgate_headers(resp, r);
+    if (r->key)
+        add_key_limits(resp, &r->limits);
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 /* A chat request came back from suspension (or finished synchronously). */
 static enum MHD_Result chat_answer(struct MHD_Connection *conn, struct tg_request *r)
 {
@@ -233,7 +256,9 @@ static enum MHD_Result chat_answer(struct MHD_Connection *conn, struct tg_reques
         ret = queue_stream(conn, r);
     } else if (r->resp_ready) {
         r->response_queued = true;
-        if (r->resp_json && r->resp_status == 200)
+        if (r->resp_json && r->resp_status == 200 && r->stream)
+            ret = queue_replayed_stream(conn, r);
+        else if (r->resp_json && r->resp_status == 200)
             ret = queue_json(conn, 200, r->resp_json, r, NULL);
         else
             ret = queue_json(conn, (unsigned)(r->resp_status >= 400 ? r->resp_status : 500),

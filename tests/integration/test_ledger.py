@@ -118,6 +118,10 @@ def build_cases():
             body_kw=dict(provider=p, stream=True, include_usage=True), provider=p,
             canonical=H.MODEL, upstream=H.upstream_id(H.MODEL, p),
             usage=H.expected_stream(p)["usage"])
+    add("stream-json-answer-together", "json-for-stream",
+        body_kw=dict(provider="together", stream=True, include_usage=True),
+        provider="together", canonical=H.MODEL, upstream=H.upstream_id(H.MODEL, "together"),
+        usage=H.expected_chat("together")["usage"])
     add("rejected-unknown-model", body_kw=dict(model="acme/nope"), status="rejected",
         usage_source=None, upstream_called=False)
     add("rejected-unknown-provider", body_kw=dict(provider="nobody"), status="rejected",

@@ -201,6 +201,35 @@ class Streaming(H.GatewayTestCase):
                     res = self.stream(p, "drop-after-finish", iu)
                     self.check_clean_stream(res, p, "drop-after-finish", iu)
 
+    def test_json_answer_to_a_stream_request_is_replayed_as_a_stream(self):
+        # the provider ignored "stream" and sent one plain completion: the client still
+        # gets text/event-stream chunks, its usage chunk if asked, and [DONE]
+        for p in H.PROVIDERS:
+            for iu in (None, True):
+                with self.subTest(provider=p, include_usage=iu):
+                    res = self.stream(p, "json-for-stream", iu)
+                    self.check_sse_framing(res)
+                    exp = H.expected_chat(p)
+                    chunks = res.chunks()
+                    for c in chunks:
+                        self.assert_chunk(c, H.MODEL)
+                    self.assertEqual(len({c["id"] for c in chunks}), 1, chunks)
+                    choices = [ch for c in chunks for ch in c["choices"]]
+                    self.assertEqual("".join(ch["delta"].get("content") or ""
+                                             for ch in choices), exp["content"])
+                    self.assertEqual(choices[0]["delta"].get("role"), "assistant", choices)
+                    self.assertEqual([ch["finish_reason"] for ch in choices
+                                      if ch["finish_reason"] is not None],
+                                     [exp["finish_reason"]])
+                    usage = [c["usage"] for c in chunks if c.get("usage") is not None]
+                    if iu:
+                        self.assertEqual(chunks[-1]["choices"], [], chunks)
+                        self.assertEqual(len(usage), 1, chunks)
+                        self.assertEqual((usage[0]["prompt_tokens"],
+                                          usage[0]["completion_tokens"]), exp["usage"][:2])
+                    else:
+                        self.assertEqual(usage, [], chunks)
+
     def test_midstream_error(self):
         for p in H.PROVIDERS:
             for iu in (None, True):

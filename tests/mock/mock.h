@@ -74,6 +74,7 @@ enum mock_scenario_kind {
     SC_PACED,
     SC_ECHO,
     SC_ECHO_AUTH,           /* echo-auth-NNN: status NNN, the Authorization header quoted */
+    SC_JSON_FOR_STREAM,     /* a stream request answered with the plain chat.json */
 };
 
 struct mock_scenario {

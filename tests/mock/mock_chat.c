@@ -498,6 +498,7 @@ static bool apply_token(struct mock_scenario *sc, const char *name, char *err, s
         { "truncated", SC_TRUNCATED },
         { "truncated-clean", SC_TRUNCATED_CLEAN },
         { "drop-after-finish", SC_DROP_AFTER_FINISH },
+        { "json-for-stream", SC_JSON_FOR_STREAM },
         { "midstream-error", SC_MIDSTREAM_ERROR },
         { "no-usage", SC_NO_USAGE },
         { "usage-trailing-only", SC_USAGE_TRAILING_ONLY },
@@ -737,7 +738,7 @@ static enum MHD_Result dispatch(struct mock_call *call)
     default:
         break;
     }
-    if (call->stream)
+    if (call->stream && sc->kind != SC_JSON_FOR_STREAM)
         return mock_reply_stream(call);
     if (sc->kind == SC_MIDSTREAM_ERROR)
         return reply_status_error(call, 500);  /* a failed generation, unstreamed */
