@@ -50,6 +50,12 @@ static enum tg_fault groq_classify_status(const struct tg_provider_conf *pc, lon
 {
     if (status == 498)
         return TG_FAULT_RATE_LIMITED;   /* flex capacity exceeded: try elsewhere or later */
+    /* "Request too large ... on tokens per minute (TPM)": over this account's per-minute
+     * budget, for this request at any time; another provider may take it */
+    const char *code = json_string_value(json_object_get(json_object_get(error_body, "error"),
+                                                         "code"));
+    if (status == 413 && code && strcmp(code, "rate_limit_exceeded") == 0)
+        return TG_FAULT_NOT_SERVED;
     return tg_oa_classify_status(pc, status, error_body);
 }
 

@@ -38,7 +38,8 @@ const char *tg_fault_name(enum tg_fault f)
 {
     static const char *const names[] = {"none", "connect", "timeout", "rate_limited",
                                         "upstream_5xx", "bad_response", "caller", "auth",
-                                        "client_gone", "saturated", "shutdown"};
+                                        "client_gone", "saturated", "shutdown",
+                                        "not_served"};
     return (unsigned)f < sizeof names / sizeof names[0] ? names[f] : "unknown";
 }
 
@@ -425,6 +426,8 @@ enum tg_fault tg_oa_classify_status(const struct tg_provider_conf *pc, long stat
         return TG_FAULT_RATE_LIMITED;   /* 498: capacity exceeded (Groq flex, and lookalikes) */
     if (status >= 500)
         return TG_FAULT_UPSTREAM_5XX;
+    if (status == 404)
+        return TG_FAULT_NOT_SERVED;     /* tollgate built the URL: it is the model id */
     if (status >= 400)
         return TG_FAULT_CALLER;
     return TG_FAULT_BAD_RESPONSE;

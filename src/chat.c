@@ -580,6 +580,8 @@ static void plan_next(struct tg_request *r, enum tg_fault fault)
         /* our key for this provider is refused: never again here, maybe elsewhere */
     case TG_FAULT_SATURATED:
         /* a full or loading local worker: do not wait on it, try the next candidate */
+    case TG_FAULT_NOT_SERVED:
+        /* this provider cannot serve it as routed; retrying here would not change that */
         r->next_action = NEXT_CANDIDATE;
         return;
     default:

@@ -37,6 +37,9 @@ enum tg_fault {
     TG_FAULT_CLIENT_GONE,    /* the client disconnected */
     TG_FAULT_SATURATED,      /* a local worker's slots and queue are full, or it is loading */
     TG_FAULT_SHUTDOWN,       /* tollgate is stopping: abandoned, never retried */
+    TG_FAULT_NOT_SERVED,     /* this provider cannot serve the request as routed: its 404
+                              * (no such model: a stale catalog id) or Groq's 413 over the
+                              * account's tokens per minute; the next candidate may */
 };
 
 /* Token usage as the provider reported it. */

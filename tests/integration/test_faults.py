@@ -247,8 +247,21 @@ class Retries(FaultCase):
         self.assertEqual(self.mock.find(n), [])
         self.assert_attempt_rows(self.rows(resp, 1), [("groq", "failed", "auth")])
 
+    def test_not_served_then_fallback(self):
+        # no such model at groq (a stale catalog id): the next candidate answers
+        self.fault.script(F.status(404, body={"error": {
+            "message": "The model does not exist", "type": "invalid_request_error",
+            "code": "model_not_found"}}))
+        n = H.nonce("n404f")
+        resp = self.gw.chat(H.chat_body(text=n))
+        self.assertEqual(resp.status, 200, resp)
+        self.assertEqual(len(self.fault.find(n)), 1, "not retried on the same provider")
+        self.assert_routed(resp, "together", 2)
+        self.assert_attempt_rows(self.rows(resp, 2), [("groq", "failed", "not_served"),
+                                                      ("together", "billed", None)])
+
     def test_caller_errors_never_retried(self):
-        for code in (400, 404, 413, 422):
+        for code in (400, 413, 422):
             with self.subTest(status=code):
                 self.fault.script(F.status(code, body={"error": {
                     "message": "fault server: bad request %d" % code,
@@ -611,8 +624,26 @@ class MockScenarios(H.GatewayTestCase):
                          [(1, "groq", "upstream_5xx"), (2, "groq", "upstream_5xx"),
                           (3, "together", "upstream_5xx")])
 
+    def test_not_served_moves_on_once_per_provider(self):
+        # a 404 is the model id tollgate mapped (it built the URL): every candidate is tried
+        # once, and the last one's 404 is the answer, the provider's doing
+        n = H.nonce("n404")
+        resp = self.gw.chat(H.chat_body(text=n, scenario="error404"))
+        self.assert_error(resp, 404, source="provider")
+        self.assertEqual([e["provider"] for e in self.mock.find(n)],
+                         ["groq", "together", "fireworks"])
+        self.assertEqual(resp.header("x-tollgate-attempts"), "3")
+        self.assertEqual([r["error_type"] for r in self.rows(resp, 3)], ["not_served"] * 3)
+        # Groq's 413 over the account's tokens per minute moves on; Together's 413 is the
+        # request's own, so that one is final
+        n = H.nonce("n413")
+        resp = self.gw.chat(H.chat_body(text=n, scenario="error413"))
+        self.assert_error(resp, 413, source="caller")
+        self.assertEqual([e["provider"] for e in self.mock.find(n)], ["groq", "together"])
+        self.assertEqual([r["error_type"] for r in self.rows(resp, 2)][0], "not_served")
+
     def test_caller_errors_single_attempt(self):
-        for sc, code in (("error400", 400), ("error404", 404), ("error413", 413)):
+        for sc, code in (("error400", 400),):
             with self.subTest(scenario=sc):
                 n = H.nonce("c4xx")
                 resp = self.gw.chat(H.chat_body(text=n, scenario=sc))

@@ -815,7 +815,8 @@ static void test_classify_status(void **state)
         {503, TG_FAULT_UPSTREAM_5XX, TG_FAULT_UPSTREAM_5XX, TG_FAULT_UPSTREAM_5XX},
         {504, TG_FAULT_UPSTREAM_5XX, TG_FAULT_UPSTREAM_5XX, TG_FAULT_UPSTREAM_5XX},
         {400, TG_FAULT_CALLER, TG_FAULT_CALLER, TG_FAULT_CALLER},
-        {404, TG_FAULT_CALLER, TG_FAULT_CALLER, TG_FAULT_CALLER},
+        /* tollgate built the URL: a 404 is the model id, which the next candidate may serve */
+        {404, TG_FAULT_NOT_SERVED, TG_FAULT_NOT_SERVED, TG_FAULT_NOT_SERVED},
         {413, TG_FAULT_CALLER, TG_FAULT_CALLER, TG_FAULT_CALLER},
         {422, TG_FAULT_CALLER, TG_FAULT_CALLER, TG_FAULT_CALLER},
     };
@@ -833,6 +834,14 @@ static void test_classify_status(void **state)
                 fail_msg("%s: HTTP %ld classified %s, want %s", names[k], s,
                          tg_fault_name(got[k]), tg_fault_name(want[k]));
     }
+    /* Groq's 413 over the account's tokens per minute is not the request's fault alone:
+     * another provider may take it. A 413 for the body itself stays the caller's. */
+    json_t *tpm = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", "Request too large",
+                            "type", "tokens", "code", "rate_limit_exceeded");
+    assert_non_null(tpm);
+    assert_int_equal(g.impl->ops->classify_status(&g, 413, tpm), TG_FAULT_NOT_SERVED);
+    assert_int_equal(t.impl->ops->classify_status(&t, 413, tpm), TG_FAULT_CALLER);
+    json_decref(tpm);
 }
 
 /* Together answers a prompt over the context with 403 (providers.md 2.5: "403 | prompt +
