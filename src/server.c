@@ -199,14 +199,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 
 static void stream_free(void *cls) { tg_request_unref(cls); }
 
-/* r->mu held; the engine has produced the first chunk. */
-static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_request *r)
+/* Queue resp (destroyed here) as a 200 text/event-stream answer with r's headers. */
+static enum MHD_Result queue_sse(struct MHD_Connection *conn, struct tg_request *r,
+                                 struct MHD_Response *resp)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, stream_reader, r, stream_free);
-    if (!resp)
-        return MHD_NO;
-    tg_request_ref(r);   /* the response's reference, dropped by stream_free */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
@@ -216,6 +212,17 @@ static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_reque
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+/* r->mu held; the engine has produced the first chunk. */
+static enum MHD_Result queue_stream(struct MHD_Connection *conn, struct tg_request *r)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, stream_reader, r, stream_free);
+    if (!resp)
+        return MHD_NO;
+    tg_request_ref(r);   /* the response's reference, dropped by stream_free */
+    return queue_sse(conn, r, resp);
 }
 
 /* r->mu held; a stream request the provider answered with one plain JSON completion: the
@@ -231,14 +238,7 @@ static enum MHD_Result queue_replayed_stream(struct MHD_Connection *conn, struct
         free(text);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    add_tollgate_headers(resp, r);
-    if (r->key)
-        add_key_limits(resp, &r->limits);
-    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return queue_sse(conn, r, resp);
 }
 
 /* A chat request came back from suspension (or finished synchronously). */

@@ -159,16 +159,18 @@ class Errors(H.GatewayTestCase):
             return {429} if provider == "groq" else {498, 429}
         return {status}
 
+    def send(self, body, stream):
+        """The answer to body, streamed or not, as one Response."""
+        if not stream:
+            return self.gw.chat(body)
+        res = self.gw.stream(body)
+        self.assertIsNone(res.error)
+        return H.Response(res.status, res.header_list, res.body, 0)
+
     def check_provider_error(self, provider, scenario, up_status, stream=False):
         n = H.nonce("perr")
-        body = H.chat_body(text=n, scenario=scenario, provider=provider,
-                           stream=True if stream else None)
-        if stream:
-            res = self.gw.stream(body)
-            self.assertIsNone(res.error)
-            resp = H.Response(res.status, res.header_list, res.body, 0)
-        else:
-            resp = self.gw.chat(body)
+        resp = self.send(H.chat_body(text=n, scenario=scenario, provider=provider,
+                                     stream=True if stream else None), stream)
         wants = self.expect_status(provider, up_status)
         self.assertIn(resp.status, wants, resp)
         want = resp.status
@@ -243,14 +245,9 @@ class Errors(H.GatewayTestCase):
             secret = "mock-%s-key" % p
             for st, stream in ((400, False), (400, True), (422, False), (401, False)):
                 with self.subTest(provider=p, status=st, stream=stream):
-                    body = H.chat_body(text=H.nonce("redact"), scenario="echo-auth-%d" % st,
-                                       provider=p, stream=True if stream else None)
-                    if stream:
-                        res = self.gw.stream(body)
-                        self.assertIsNone(res.error)
-                        resp = H.Response(res.status, res.header_list, res.body, 0)
-                    else:
-                        resp = self.gw.chat(body)
+                    resp = self.send(H.chat_body(text=H.nonce("redact"),
+                                                 scenario="echo-auth-%d" % st, provider=p,
+                                                 stream=True if stream else None), stream)
                     self.assertNotIn(secret, resp.body.decode(), resp)
                     err = self.assert_error(resp, 502 if st == 401 else st,
                                             source={"caller", "provider", "gateway"})
