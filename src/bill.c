@@ -450,6 +450,40 @@ static bool grouped_by(const struct tg_bill_filter *f, enum tg_bill_dim d)
     return false;
 }
 
+/* A --key filter names a key this ledger knows (issued here, or on some row): a mistyped
+ * id would otherwise read as a key that spent nothing. */
+static int check_key_known(sqlite3 *db, const char *path, const char *key_id, char *err,
+                           size_t errlen)
+{
+    static const char sql_keys[] = "SELECT EXISTS (SELECT 1 FROM requests WHERE key_id = ?1)"
+                                   " OR EXISTS (SELECT 1 FROM keys WHERE id = ?1)";
+    static const char sql_rows[] = "SELECT EXISTS (SELECT 1 FROM requests WHERE key_id = ?1)";
+    bool have_keys = false;
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
+                           "'keys'", -1, &s, NULL) == SQLITE_OK)
+        have_keys = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_finalize(s);
+    s = NULL;
+    int rc = sqlite3_prepare_v2(db, have_keys ? sql_keys : sql_rows, -1, &s, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(s, 1, key_id, -1, SQLITE_STATIC);
+    int known = -1;
+    if (rc == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        known = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    if (known < 0) {
+        tg_set_err(err, errlen, "bill: %s: %s", path, sqlite3_errmsg(db));
+        return TG_ERR_IO;
+    }
+    if (!known) {
+        tg_set_err(err, errlen, "bill: no key %s in %s (tollgate keys list shows the ids)",
+                   key_id, path);
+        return TG_ERR_PARSE;
+    }
+    return TG_OK;
+}
+
 int tg_bill_load(const char *path, const struct tg_bill_filter *filter, struct tg_bill **out,
                  char *err, size_t errlen)
 {
@@ -469,7 +503,10 @@ int tg_bill_load(const char *path, const struct tg_bill_filter *filter, struct t
     st = tg_ledger_snapshot_open(path, "bill", &db, err, errlen);
     if (st != TG_OK)
         goto out;
-    st = read_lines(db, path, b, err, errlen);
+    if (b->filter.key_id)
+        st = check_key_known(db, path, b->filter.key_id, err, errlen);
+    if (st == TG_OK)
+        st = read_lines(db, path, b, err, errlen);
     if (st == TG_OK)
         st = read_apart(db, path, b, err, errlen);
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);

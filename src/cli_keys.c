@@ -61,6 +61,16 @@ static sqlite3 *open_db(const char *path, bool create)
     return db;
 }
 
+/* A control character in a name (a newline, an escape) would break the tables that show
+ * it, or a terminal that prints it. */
+static bool has_control_char(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return true;
+    return false;
+}
+
 static int parse_count(const char *s, int64_t *out)
 {
     char *end;
@@ -88,7 +98,8 @@ static int cmd_create(sqlite3 *db, int argc, char **argv)
         i++;
         int bad = 0;
         if (strcmp(a, "--name") == 0)
-            bad = snprintf(rec.name, sizeof rec.name, "%s", v) >= (int)sizeof rec.name;
+            bad = snprintf(rec.name, sizeof rec.name, "%s", v) >= (int)sizeof rec.name ||
+                  has_control_char(v);
         else if (strcmp(a, "--budget-usd") == 0)
             bad = tg_usd_parse(v, &rec.budget_nano) != TG_OK;
         else if (strcmp(a, "--period") == 0)

@@ -109,6 +109,12 @@ class KeysCli(H.GatewayTestCase):
                 p = self.keys("create", *(extra + args))
                 self.assertNotEqual(p.returncode, 0, p.stdout)
                 self.assertNotRegex(p.stdout, r"tg-[0-9a-f]{12}-")
+        # a control character in a name would split the rows of `keys list`
+        for name in ("two\nlines", "bell\x07", "esc\x1b[31m"):
+            with self.subTest(name=name):
+                p = self.keys("create", "--name", name)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertNotRegex(p.stdout, r"tg-[0-9a-f]{12}-")
 
     # -- list --
 

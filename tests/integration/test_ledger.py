@@ -386,6 +386,18 @@ class Ledger(H.GatewayTestCase):
     FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_nano",
               "unpriced_requests", "estimated_requests", "estimated_cost_nano")
 
+    def test_bill_for_an_unknown_key_is_an_error(self):
+        # a mistyped key id must not read as a key that spent nothing
+        p = subprocess.run([self.env.tg_bin, "bill", "--ledger", self.gw.ledger_path, "--key",
+                            "ffffffffffff"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=30)
+        self.assertNotEqual(p.returncode, 0, p.stdout.decode())
+        self.assertIn("no key ffffffffffff", p.stderr.decode())
+        self.assertEqual(p.stdout, b"")
+        # the key the mix ran under is known, with its spend
+        out = self.run_bill("--key", self.gw.api_key.split("-")[1], "--json")
+        self.assertGreater(json.loads(out)["total"]["requests"], 0, out)
+
     def test_bill_sanity(self):
         lines, total, rejected = self.expected_bill()
         # the mix covers several providers and models, an unpriced line and estimates
