@@ -458,14 +458,11 @@ static int check_key_known(sqlite3 *db, const char *path, const char *key_id, ch
     static const char sql_keys[] = "SELECT EXISTS (SELECT 1 FROM requests WHERE key_id = ?1)"
                                    " OR EXISTS (SELECT 1 FROM keys WHERE id = ?1)";
     static const char sql_rows[] = "SELECT EXISTS (SELECT 1 FROM requests WHERE key_id = ?1)";
-    bool have_keys = false;
     sqlite3_stmt *s = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
-                           "'keys'", -1, &s, NULL) == SQLITE_OK)
-        have_keys = sqlite3_step(s) == SQLITE_ROW;
-    sqlite3_finalize(s);
-    s = NULL;
-    int rc = sqlite3_prepare_v2(db, have_keys ? sql_keys : sql_rows, -1, &s, NULL);
+    /* a ledger no key was ever issued in has no keys table: its rows alone then */
+    int rc = sqlite3_prepare_v2(db, sql_keys, -1, &s, NULL);
+    if (rc != SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, sql_rows, -1, &s, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_text(s, 1, key_id, -1, SQLITE_STATIC);
     int known = -1;
